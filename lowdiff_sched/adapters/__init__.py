@@ -1,0 +1,1 @@
+"""Cascade adapters: concrete `ResolutionCascade` implementations."""

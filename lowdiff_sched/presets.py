@@ -1,0 +1,118 @@
+"""The papers' configurations as named plans, with their single-resolution baselines.
+
+Levels count from the top (-1 = final resolution), so `cifar10-2stage` runs 16 -> 32 on a
+cascade with levels (16, 32) or (8, 16, 32) alike. Where the paper's NFE for a truncated
+Heun stage is odd, the plan uses the nearest even count below it: a truncated Heun stage
+spends 2 evaluations on every step (its last step is not a step to sigma = 0), so odd
+counts do not exist. docs/presets.md lists both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from .plan import CascadePlan, StagePlan
+from .schedules import flow_sigmas, karras_sigmas, truncate_steps
+from .transitions import Condition
+
+# LowDiff Table 10: the unconditional lowest stage keeps EDM's range, conditioned stages use a narrower one.
+EDM_RANGE = (0.002, 80.0)
+CONDITIONED_RANGE = (0.01, 50.0)
+# LightningDiT's time shift for ImageNet 256.
+DIT_SHIFT = 0.3
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    paper_nfe: tuple[int, ...]  # per stage, low -> high, as the paper reports it
+    build: Callable[[], CascadePlan]
+
+
+def _heun_truncated(total_steps: int, nfe: int, sigma_range: tuple[float, float], level: int) -> StagePlan:
+    """A Heun stage that stops after `nfe // 2` steps of a `total_steps`-step Karras schedule."""
+    sigmas = truncate_steps(karras_sigmas(total_steps, *sigma_range), nfe // 2)
+    return StagePlan(level, sigmas, "heun")
+
+
+def _heun_full(nfe: int, sigma_range: tuple[float, float], level: int) -> StagePlan:
+    """A Heun stage run to sigma = 0 with `nfe` = 2 * steps - 1 evaluations (EDM's sampler)."""
+    return StagePlan(level, karras_sigmas((nfe + 1) // 2, *sigma_range), "heun")
+
+
+def _euler_flow(total_steps: int, steps: int, level: int) -> StagePlan:
+    """An Euler stage on LightningDiT's shifted flow grid, optionally truncated."""
+    sigmas = flow_sigmas(total_steps, shift=DIT_SHIFT)
+    return StagePlan(level, sigmas if steps == total_steps else truncate_steps(sigmas, steps), "euler")
+
+
+def _lowdiff(stages: list[StagePlan], name: str) -> CascadePlan:
+    """LowDiff (Alg. 2): every later stage is conditioned on the previous one's noisy output."""
+    return CascadePlan([stages[0], *(replace(s, transition=Condition()) for s in stages[1:])], name=name)
+
+
+_PRESETS = [
+    Preset(
+        "cifar10-3stage", "LowDiff CIFAR-10 32x32, levels 8/16/32, EDM Heun", (18, 13, 17),
+        lambda: _lowdiff([_heun_truncated(18, 18, EDM_RANGE, -3), _heun_truncated(18, 13, CONDITIONED_RANGE, -2),
+                          _heun_full(17, CONDITIONED_RANGE, -1)], "cifar10-3stage"),
+    ),
+    Preset(
+        "cifar10-2stage", "LowDiff CIFAR-10 32x32, levels 16/32 (35-NFE low schedule truncated, Table 11)", (19, 17),
+        lambda: _lowdiff([_heun_truncated(18, 19, EDM_RANGE, -2), _heun_full(17, CONDITIONED_RANGE, -1)], "cifar10-2stage"),
+    ),
+    Preset(
+        "cifar10-edm-35", "EDM baseline at 32x32: 18 Heun steps, 35 NFE", (35,),
+        lambda: CascadePlan([_heun_full(35, EDM_RANGE, -1)], name="cifar10-edm-35"),
+    ),
+    Preset(
+        "ffhq64-4stage", "LowDiff FFHQ 64x64, levels 8/16/32/64, EDM Heun", (22, 23, 23, 39),
+        lambda: _lowdiff([_heun_truncated(40, 22, EDM_RANGE, -4), _heun_truncated(40, 23, CONDITIONED_RANGE, -3),
+                          _heun_truncated(40, 23, CONDITIONED_RANGE, -2), _heun_full(39, CONDITIONED_RANGE, -1)],
+                         "ffhq64-4stage"),
+    ),
+    Preset(
+        "ffhq64-2stage", "LowDiff FFHQ 64x64, levels 32/64 (79-NFE low schedule truncated, Table 12)", (49, 39),
+        lambda: _lowdiff([_heun_truncated(40, 49, EDM_RANGE, -2), _heun_full(39, CONDITIONED_RANGE, -1)], "ffhq64-2stage"),
+    ),
+    Preset(
+        "ffhq64-edm-79", "EDM baseline at 64x64: 40 Heun steps, 79 NFE", (79,),
+        lambda: CascadePlan([_heun_full(79, EDM_RANGE, -1)], name="ffhq64-edm-79"),
+    ),
+    Preset(
+        "imagenet256-dit-b1", "LowDiff LightningDiT-B/1, latent levels 8/16, Euler, shift 0.3", (45, 50),
+        lambda: _lowdiff([_euler_flow(100, 45, -2), _euler_flow(50, 50, -1)], "imagenet256-dit-b1"),
+    ),
+    Preset(
+        "imagenet256-dit-b1-baseline-100", "LightningDiT-B/1 baseline at 16x16 latents: 100 Euler steps", (100,),
+        lambda: CascadePlan([_euler_flow(100, 100, -1)], name="imagenet256-dit-b1-baseline-100"),
+    ),
+    Preset(
+        "imagenet256-dit-xl1", "LowDiff LightningDiT-XL/1, latent levels 8/16, Euler, shift 0.3", (45, 100),
+        lambda: _lowdiff([_euler_flow(100, 45, -2), _euler_flow(100, 100, -1)], "imagenet256-dit-xl1"),
+    ),
+    Preset(
+        "imagenet256-dit-xl1-baseline-250", "LightningDiT-XL/1 baseline at 16x16 latents: 250 Euler steps", (250,),
+        lambda: CascadePlan([_euler_flow(250, 250, -1)], name="imagenet256-dit-xl1-baseline-250"),
+    ),
+]
+PRESETS: dict[str, Preset] = {p.name: p for p in _PRESETS}
+
+
+def names() -> list[str]:
+    """All preset names."""
+    return list(PRESETS)
+
+
+def info(name: str) -> Preset:
+    """The preset's description and paper NFE, without building it."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def get(name: str) -> CascadePlan:
+    """A fresh CascadePlan for a preset name."""
+    return info(name).build()

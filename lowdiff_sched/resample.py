@@ -1,0 +1,117 @@
+"""Up/down-sampling between cascade levels, in plain torch.
+
+These functions are the reference semantics: the Triton kernels in
+`lowdiff_sched.kernels` must match them, and call them on the CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+UpsampleMode = Literal["nearest", "bilinear"]
+UPSAMPLE_MODES: tuple[str, ...] = ("nearest", "bilinear")
+
+
+def _check_image(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+
+
+def _check_size(size: tuple[int, int] | list[int]) -> tuple[int, int]:
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"size must be two positive ints (H, W), got {size!r}")
+    return size  # type: ignore[return-value]
+
+
+def integer_factor(low: tuple[int, int], high: tuple[int, int]) -> int:
+    """The integer factor f with high == f * low in both dimensions, else ValueError."""
+    (hl, wl), (hh, wh) = low, high
+    if hh % hl or wh % wl or hh // hl != wh // wl:
+        raise ValueError(f"size {high} is not one integer multiple of {low} in both dimensions")
+    return hh // hl
+
+
+def upsample(x: Tensor, size: tuple[int, int], mode: str = "nearest") -> Tensor:
+    """Resize x [B, C, h, w] up to `size` (nearest, or bilinear with align_corners=False)."""
+    _check_image("x", x)
+    size = _check_size(size)
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+    if size[0] < x.shape[-2] or size[1] < x.shape[-1]:
+        raise ValueError(f"cannot upsample {tuple(x.shape[-2:])} to the smaller size {size}")
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def downsample(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Mean-pool x [B, C, H, W] down to `size` (area averaging; exact block means for integer factors)."""
+    _check_image("x", x)
+    size = _check_size(size)
+    if size[0] > x.shape[-2] or size[1] > x.shape[-1]:
+        raise ValueError(f"cannot downsample {tuple(x.shape[-2:])} to the larger size {size}")
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.adaptive_avg_pool2d(x, size)
+
+
+def _per_sample(scale: float | Tensor, x: Tensor, name: str) -> float | Tensor:
+    if isinstance(scale, Tensor):
+        if scale.ndim == 0:
+            return scale.to(x.dtype)
+        if scale.ndim != 1 or scale.shape[0] != x.shape[0]:
+            raise ValueError(f"{name} must be a float or a tensor of shape [{x.shape[0]}], got {tuple(scale.shape)}")
+        return scale.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+    return float(scale)
+
+
+def upsample_concat(
+    x: Tensor,
+    cond: Tensor,
+    *,
+    mode: str = "nearest",
+    x_scale: float | Tensor = 1.0,
+    cond_scale: float | Tensor = 1.0,
+) -> Tensor:
+    """cat([x_scale * x, cond_scale * upsample(cond, x's size)], dim=1): a LowDiff network input.
+
+    Scales are floats or per-sample tensors [B] (EDM's c_in depends on each sample's sigma).
+    """
+    _check_image("x", x)
+    _check_image("cond", cond)
+    if cond.shape[0] != x.shape[0]:
+        raise ValueError(f"x and cond have different batch sizes: {x.shape[0]} vs {cond.shape[0]}")
+    up = upsample(cond, tuple(x.shape[-2:]), mode)
+    return torch.cat([x * _per_sample(x_scale, x, "x_scale"), up * _per_sample(cond_scale, x, "cond_scale")], dim=1)
+
+
+def upsample_renoise(x_low: Tensor, eps: Tensor, sigma_low: float | Tensor, factor: int) -> Tensor:
+    """Exact hand-over of a noisy state to a grid `factor` times finer:
+    x_H = U(x_L) + f sigma_L (eps - U P eps), with U nearest upsampling and P mean pooling.
+
+    x_H carries white noise of std f * sigma_L and mean-pools back to x_L exactly
+    (REFERENCE.md section 7). `eps` is unit noise at the fine size.
+    """
+    _check_image("x_low", x_low)
+    _check_image("eps", eps)
+    if not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"factor must be a positive int, got {factor!r}")
+    h, w = x_low.shape[-2:]
+    if tuple(eps.shape) != (x_low.shape[0], x_low.shape[1], h * factor, w * factor):
+        raise ValueError(
+            f"eps must have shape {(x_low.shape[0], x_low.shape[1], h * factor, w * factor)}, got {tuple(eps.shape)}"
+        )
+    fine = (h * factor, w * factor)
+    detail = eps - upsample(downsample(eps, (h, w)), fine)
+    return upsample(x_low, fine) + detail * (_per_sample(sigma_low, x_low, "sigma_low") * factor)

@@ -1,0 +1,264 @@
+"""Run a CascadePlan stage by stage; each stage is integrated by an unmodified k-diffusion
+sampler through `stage_denoiser`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .plan import CascadePlan, StagePlan
+from .protocol import Level, ResolutionCascade, stage_denoiser
+from .samplers import BROWNIAN_SAMPLERS, accepts_noise_sampler, resolve_sampler, sampler_name
+from .transitions import StageOutput
+
+NoiseSampler = Callable[[Tensor, Tensor], Tensor]
+# Builds a stage's noise sampler from (stage, its initial x, its sigmas), or returns None.
+NoiseFactory = Callable[[StagePlan, Tensor, Tensor], "NoiseSampler | None"]
+
+
+class _PerSampleNoise:
+    """A k-diffusion noise sampler drawing each sample's noise from its own generator."""
+
+    def __init__(self, generators: Sequence[torch.Generator], like: Tensor) -> None:
+        self.generators, self.shape, self.dtype, self.device = generators, like.shape[1:], like.dtype, like.device
+
+    def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        return torch.stack(
+            [torch.randn(self.shape, generator=g, device=self.device, dtype=self.dtype) for g in self.generators]
+        )
+
+
+def _tree_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device).item())
+
+
+def _noise_factory(generators: Sequence[torch.Generator] | torch.Generator | None) -> NoiseFactory:
+    """Noise samplers that keep a stage's randomness on the explicit generator(s):
+    per-sample Brownian trees or Gaussians with seeds, one generator otherwise."""
+
+    def make(stage: StagePlan, x: Tensor, sigmas: Tensor) -> NoiseSampler | None:
+        fn = resolve_sampler(stage.sampler)
+        if generators is None or not accepts_noise_sampler(fn):
+            return None
+        per_sample = not isinstance(generators, torch.Generator)
+        if sampler_name(stage.sampler) in BROWNIAN_SAMPLERS:
+            from k_diffusion.sampling import BrownianTreeNoiseSampler
+
+            seed: Any = [_tree_seed(g) for g in generators] if per_sample else _tree_seed(generators)  # type: ignore[union-attr,arg-type]
+            # a hair wider than the schedule: sigma round trips through log/exp land just outside it
+            lo, hi = sigmas[sigmas > 0].min().item() * (1 - 1e-4), sigmas.max().item() * (1 + 1e-4)
+            return BrownianTreeNoiseSampler(x, lo, hi, seed=seed)
+        if per_sample:
+            return _PerSampleNoise(generators, x)  # type: ignore[arg-type]
+        gen = generators
+        return lambda sigma, sigma_next: torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+
+    return make
+
+
+def _run_stages(
+    cascade: ResolutionCascade,
+    plan: CascadePlan,
+    starts: Sequence[Tensor],
+    *,
+    extra_args: dict[str, Any] | None,
+    callback: Callable[[dict[str, Any]], None] | None,
+    disable: bool | None,
+    noise_factory: NoiseFactory,
+) -> list[StageOutput]:
+    """The cascade loop. `starts[k]` is stage k's fresh noise already times its first sigma."""
+    levels = list(cascade.levels)
+    indices = plan.level_indices(len(levels))
+    outputs: list[StageOutput] = []
+    for k, (stage, index) in enumerate(zip(plan.stages, indices)):
+        sigmas = stage.sigmas.to(starts[k].device)
+        if k == 0:
+            x, cond, cond_sigma = starts[0], None, None
+        else:
+            x, cond, cond_sigma = stage.transition.start(outputs[-1], starts[k], sigmas[0].item(), levels[index])  # type: ignore[union-attr]
+        sampler = resolve_sampler(stage.sampler)
+        kwargs = dict(stage.sampler_kwargs)
+        if "noise_sampler" not in kwargs:
+            noise_sampler = noise_factory(stage, x, sigmas)
+            if noise_sampler is not None:
+                kwargs["noise_sampler"] = noise_sampler
+        model = stage_denoiser(cascade, index, cond, cond_sigma)
+        last: list[Tensor] = []
+
+        def recorded(x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
+            denoised = model(x, sigma, **extra)
+            last[:] = [denoised]
+            return denoised
+
+        stage_callback = None
+        if callback is not None:
+            stage_callback = lambda info, k=k, index=index: callback({**info, "stage": k, "level": index})  # noqa: E731
+        x = sampler(recorded, x, sigmas, extra_args=extra_args, callback=stage_callback, disable=disable, **kwargs)
+        outputs.append(StageOutput(index, x, last[0] if last else x, float(stage.sigmas[-1])))
+    return outputs
+
+
+def _infer_device(cascade: ResolutionCascade) -> torch.device:
+    device = getattr(cascade, "device", None)
+    if device is not None:
+        return torch.device(device)
+    parameters = getattr(cascade, "parameters", None)
+    if callable(parameters):
+        first = next(iter(parameters()), None)
+        if first is not None:
+            return first.device
+    return torch.device("cpu")
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ValueError(f"seeds must be non-negative ints, got {s!r}")
+    return seeds
+
+
+def _check_noise(noise: Sequence[Tensor] | Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor]:
+    if isinstance(noise, Tensor):
+        noise = [noise]
+    noise = list(noise)
+    if len(noise) != len(shapes):
+        raise ValueError(f"noise needs one tensor per stage ({len(shapes)}), got {len(noise)}")
+    batch = noise[0].shape[0] if noise[0].ndim else -1
+    for k, (n, shape) in enumerate(zip(noise, shapes)):
+        if not isinstance(n, Tensor) or tuple(n.shape) != (batch, *shape):
+            got = tuple(n.shape) if isinstance(n, Tensor) else type(n).__name__
+            raise ValueError(f"noise[{k}] must have shape {(batch, *shape)} (stage {k}'s level), got {got}")
+        if not torch.isfinite(n).all():
+            raise ValueError(f"noise[{k}] contains NaN or inf")
+    return noise
+
+
+def _split_extra(extra_args: dict[str, Any] | None, n: int, lo: int, hi: int) -> dict[str, Any] | None:
+    """Per-sample tensors in extra_args (first dim = number of samples) follow the batching."""
+    if extra_args is None:
+        return None
+    return {k: v[lo:hi] if isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == n else v for k, v in extra_args.items()}
+
+
+def sample_cascade(
+    cascade: ResolutionCascade,
+    plan: CascadePlan,
+    *,
+    seeds: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    noise: Sequence[Tensor] | Tensor | None = None,
+    generator: torch.Generator | None = None,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    disable: bool | None = None,
+    return_stages: bool = False,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor | tuple[Tensor, list[StageOutput]]:
+    """Sample `plan` on `cascade`; returns the final samples [B, C, H, W].
+
+    Randomness, in order of precedence:
+    - `seeds`: each sample has its own `torch.Generator` seeded EDM-style
+      (seed % 2**32), which draws all its stage noises first and then any sampler noise,
+      so a sample is the same whatever `batch_size` it is run in;
+    - `noise`: one unit-normal tensor per stage ([B, *level shape]); sampler noise comes
+      from `generator` if given, else from k-diffusion's defaults;
+    - otherwise `batch_size` samples drawn from `generator` (or the global RNG).
+    The callback gets k-diffusion's dict plus `stage` and `level`. With `return_stages`,
+    also returns each stage's `StageOutput`.
+    """
+    if not isinstance(cascade, ResolutionCascade):
+        raise TypeError(f"cascade must implement ResolutionCascade, got {type(cascade).__name__}")
+    if not isinstance(plan, CascadePlan):
+        raise TypeError(f"plan must be a CascadePlan, got {type(plan).__name__}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    plan.validate(cascade)
+    levels: list[Level] = [cascade.levels[i] for i in plan.level_indices(len(cascade.levels))]
+    shapes = [level.shape for level in levels]
+    run = lambda starts, factory, extra: _run_stages(  # noqa: E731
+        cascade, plan, starts, extra_args=extra, callback=callback, disable=disable, noise_factory=factory
+    )
+
+    if seeds is not None:
+        if noise is not None:
+            raise ValueError("give either seeds or noise, not both")
+        seeds = _check_seeds(seeds)
+        device = torch.device(device) if device is not None else _infer_device(cascade)
+        step = batch_size or len(seeds)
+        chunks = []
+        for lo in range(0, len(seeds), step):
+            chunk = seeds[lo : lo + step]
+            gens = [torch.Generator(device).manual_seed(s % 2**32) for s in chunk]
+            starts = [
+                torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in gens])
+                * stage.sigmas[0].to(device)
+                for shape, stage in zip(shapes, plan.stages)
+            ]
+            # k-diffusion's churn noise uses the global RNG: fork it so runs repeat and the caller's state is kept.
+            forked = [device.index or 0] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=forked):
+                torch.manual_seed(chunk[0] % 2**32)
+                chunks.append(run(starts, _noise_factory(gens), _split_extra(extra_args, len(seeds), lo, lo + step)))
+        outputs = [
+            StageOutput(o[0].level, torch.cat([c[k].x for c in chunks]), torch.cat([c[k].denoised for c in chunks]), o[0].sigma)
+            for k, o in enumerate(zip(*chunks))
+        ]
+    else:
+        if noise is not None:
+            noise = _check_noise(noise, shapes)
+        else:
+            if batch_size is None:
+                raise ValueError("give seeds, noise, or batch_size")
+            device = torch.device(device) if device is not None else _infer_device(cascade)
+            noise = [torch.randn((batch_size, *shape), generator=generator, device=device, dtype=dtype) for shape in shapes]
+        starts = [n * stage.sigmas[0].to(n.device) for n, stage in zip(noise, plan.stages)]
+        outputs = run(starts, _noise_factory(generator), extra_args)
+    return (outputs[-1].x, outputs) if return_stages else outputs[-1].x
+
+
+def cascade_sampler(plan: CascadePlan) -> Callable[..., Tensor]:
+    """A function with k-diffusion's sampler signature that runs the whole cascade.
+
+    `sampler(model, x, sigmas, extra_args=None, callback=None, disable=None)`: `model` is a
+    ResolutionCascade, `x` the final level's initial noise already times sigmas[0], and
+    `sigmas` the final stage's schedule; the earlier stages come from `plan` and draw
+    their noise from the global RNG, as k-diffusion's ancestral samplers do.
+    """
+    if not isinstance(plan, CascadePlan):
+        raise TypeError(f"plan must be a CascadePlan, got {type(plan).__name__}")
+
+    def sample(
+        model: ResolutionCascade,
+        x: Tensor,
+        sigmas: Tensor,
+        extra_args: dict[str, Any] | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        disable: bool | None = None,
+    ) -> Tensor:
+        if not isinstance(model, ResolutionCascade):
+            raise TypeError(f"model must implement ResolutionCascade, got {type(model).__name__}")
+        final = replace(plan.stages[-1], sigmas=torch.as_tensor(sigmas))
+        full = CascadePlan([*plan.stages[:-1], final], name=plan.name).validate(model)
+        levels = [model.levels[i] for i in full.level_indices(len(model.levels))]
+        if x.ndim != 4 or tuple(x.shape[1:]) != levels[-1].shape:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, levels[-1].shape))}], got {tuple(x.shape)}")
+        starts = [
+            torch.randn((x.shape[0], *level.shape), device=x.device, dtype=x.dtype) * stage.sigmas[0].to(x.device)
+            for level, stage in zip(levels[:-1], full.stages[:-1])
+        ]
+        outputs = _run_stages(
+            model, full, [*starts, x], extra_args=extra_args, callback=callback, disable=disable,
+            noise_factory=_noise_factory(None),
+        )
+        return outputs[-1].x
+
+    sample.__name__ = f"sample_cascade_{plan.name or 'plan'}".replace("-", "_")
+    sample.__doc__ = f"Cascade sampler for plan {plan.name or '(unnamed)'}; k-diffusion sampler signature."
+    return sample

@@ -1,0 +1,146 @@
+"""Sigma schedules: construction, truncation, resolution shift, flow-matching time <-> sigma.
+
+Schedules are 1-D tensors of noise levels in k-diffusion's (VE) convention, strictly
+decreasing; a schedule ending at 0 runs to the clean sample, one ending above 0 is
+truncated and stops at its last sigma.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# LightningDiT's first time point t = 0 is sigma = inf; k-diffusion samplers need a finite
+# start, so flow schedules begin at this sigma (t = 1 / 1001, within 0.1% of pure noise).
+FLOW_SIGMA_MAX = 1000.0
+
+
+def validate_sigmas(sigmas: Tensor, name: str = "sigmas") -> Tensor:
+    """Check a schedule: 1-D, at least two points, finite, non-negative, strictly decreasing."""
+    if not isinstance(sigmas, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(sigmas).__name__}")
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"{name} must be 1-D with at least 2 points, got shape {tuple(sigmas.shape)}")
+    if not sigmas.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {sigmas.dtype}")
+    if not torch.isfinite(sigmas).all():
+        raise ValueError(f"{name} contains NaN or inf: {sigmas.tolist()}")
+    if (sigmas < 0).any():
+        raise ValueError(f"{name} contains negative values: {sigmas.tolist()}")
+    if not (sigmas[1:] < sigmas[:-1]).all():
+        raise ValueError(f"{name} must be strictly decreasing, got {sigmas.tolist()}")
+    return sigmas
+
+
+def karras_sigmas(
+    n_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device: str | torch.device = "cpu"
+) -> Tensor:
+    """EDM's schedule (Karras et al. 2022, eq. 5): `n_steps` steps, then a final 0.
+
+    Delegates to `k_diffusion.sampling.get_sigmas_karras`, so plans built here give the
+    same numbers as k-diffusion code.
+    """
+    if not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    if not 0 < sigma_min < sigma_max or not math.isfinite(sigma_max):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not rho > 0:
+        raise ValueError(f"rho must be positive, got {rho}")
+    from k_diffusion.sampling import get_sigmas_karras
+
+    return get_sigmas_karras(n_steps, sigma_min, sigma_max, rho=rho, device=device)
+
+
+def truncate_steps(sigmas: Tensor, n_steps: int) -> Tensor:
+    """The first `n_steps` steps of a schedule (n_steps + 1 points): stop early, still noisy."""
+    validate_sigmas(sigmas)
+    total = sigmas.numel() - 1
+    if not isinstance(n_steps, int) or not 1 <= n_steps <= total:
+        raise ValueError(f"n_steps must be an int in [1, {total}], got {n_steps!r}")
+    return sigmas[: n_steps + 1].clone()
+
+
+def truncate_at_sigma(sigmas: Tensor, sigma_stop: float) -> Tensor:
+    """The schedule run down to exactly `sigma_stop`: every point above it, then sigma_stop.
+
+    When sigma_stop is a point of the schedule this is a prefix of it; otherwise the last
+    step is shortened to land on sigma_stop.
+    """
+    validate_sigmas(sigmas)
+    sigma_stop = float(sigma_stop)
+    if not sigmas[-1].item() <= sigma_stop < sigmas[0].item():
+        raise ValueError(
+            f"sigma_stop must lie in [{sigmas[-1].item()}, {sigmas[0].item()}) of the schedule, got {sigma_stop}"
+        )
+    head = sigmas[sigmas > sigma_stop]
+    return torch.cat([head, head.new_tensor([sigma_stop])])
+
+
+def shift_sigmas(sigmas: Tensor, factor: float, kind: str = "ve") -> Tensor:
+    """Move a schedule to a resolution `factor` times larger: logSNR shifted by -2 log f.
+
+    kind="ve": sigma is the k-diffusion noise std (SNR = 1 / sigma^2), so sigma' = f sigma.
+    kind="flow": sigma in [0, 1] is the rectified-flow noise fraction
+    (x = (1 - sigma) x0 + sigma eps), so sigma' = f sigma / (1 + (f - 1) sigma), the SD3 shift.
+    A factor below 1 shifts toward lower resolutions; shift by f then 1/f is the identity.
+    """
+    if not isinstance(sigmas, Tensor) or sigmas.ndim != 1:
+        raise ValueError("sigmas must be a 1-D tensor")
+    factor = float(factor)
+    if not (factor > 0 and math.isfinite(factor)):
+        raise ValueError(f"factor must be positive and finite, got {factor}")
+    if kind == "ve":
+        return sigmas * factor
+    if kind == "flow":
+        if ((sigmas < 0) | (sigmas > 1)).any():
+            raise ValueError(f"flow sigmas must lie in [0, 1], got {sigmas.tolist()}")
+        return factor * sigmas / (1 + (factor - 1) * sigmas)
+    raise ValueError(f"kind must be 've' or 'flow', got {kind!r}")
+
+
+def _check_shift(shift: float) -> float:
+    shift = float(shift)
+    if not (shift > 0 and math.isfinite(shift)):
+        raise ValueError(f"shift must be positive and finite, got {shift}")
+    return shift
+
+
+def flow_time_to_sigma(t: Tensor, shift: float = 1.0) -> Tensor:
+    """LightningDiT flow time (t = 0 noise, t = 1 data) to a k-diffusion sigma.
+
+    The time shift t' = s t / (1 + (s - 1) t) is applied first; then sigma = (1 - t') / t'.
+    In sigma terms the shift divides sigma by s. t = 0 maps to inf.
+    """
+    shift = _check_shift(shift)
+    t = torch.as_tensor(t)
+    if ((t < 0) | (t > 1)).any():
+        raise ValueError(f"flow time must lie in [0, 1], got {t.tolist()}")
+    t_shifted = shift * t / (1 + (shift - 1) * t)
+    # t = 1 is the data end: sigma exactly 0, not a rounding residue of either sign
+    return torch.where(t == 1, 0.0, ((1 - t_shifted) / t_shifted).clamp_min(0.0)).to(t_shifted.dtype)
+
+
+def sigma_to_flow_time(sigma: Tensor, shift: float = 1.0) -> Tensor:
+    """Inverse of `flow_time_to_sigma`: t' = 1 / (1 + sigma), then undo the shift."""
+    shift = _check_shift(shift)
+    sigma = torch.as_tensor(sigma)
+    if (sigma < 0).any():
+        raise ValueError(f"sigma must be non-negative, got {sigma.tolist()}")
+    t_shifted = 1 / (1 + sigma)
+    return t_shifted / (shift - (shift - 1) * t_shifted)
+
+
+def flow_sigmas(n_steps: int, shift: float = 1.0, sigma_max: float = FLOW_SIGMA_MAX) -> Tensor:
+    """LightningDiT's Euler grid as a sigma schedule: t = linspace(0, 1, n_steps + 1),
+    time-shifted, converted to sigma; the t = 0 point (sigma = inf) becomes `sigma_max`.
+    float64, since the first sigmas are large."""
+    if not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    t = torch.linspace(0, 1, n_steps + 1, dtype=torch.float64)
+    sigmas = flow_time_to_sigma(t, shift)
+    if not sigmas[1] < sigma_max:
+        raise ValueError(f"sigma_max={sigma_max} must exceed the schedule's second point {sigmas[1].item()}")
+    sigmas[0] = sigma_max
+    return sigmas

@@ -1,0 +1,159 @@
+"""How stage k seeds stage k + 1.
+
+Every transition receives the previous stage's outcome and the next stage's fresh
+noise already scaled to its first sigma (`x_noise = sigma_start * eps`), and returns the
+next stage's initial state plus its condition. Each is a small frozen dataclass, so a plan
+that holds it stays data (JSON round trip through `to_dict` / `transition_from_dict`).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, NamedTuple
+
+from torch import Tensor
+
+from .protocol import Level
+from .resample import UPSAMPLE_MODES, integer_factor, upsample, upsample_renoise
+
+
+class StageOutput(NamedTuple):
+    """What a finished stage hands on."""
+
+    level: int  # index into the cascade's levels
+    x: Tensor  # final state, still noisy at `sigma` when the stage was truncated
+    denoised: Tensor  # the last x0 estimate the stage's sampler computed
+    sigma: float  # the stage's last sigma
+
+
+class StageStart(NamedTuple):
+    """How the next stage begins."""
+
+    x: Tensor  # initial state at the stage's first sigma
+    cond: Tensor | None = None  # condition at the stage's size, or None
+    cond_sigma: float | None = None  # noise std of `cond`
+
+
+_REGISTRY: dict[str, type["Transition"]] = {}
+
+
+class Transition(ABC):
+    """Base class: subclasses set `kind`, implement `start`, and may refine `validate`."""
+
+    kind: ClassVar[str] = ""
+    # True when the next stage's network was trained on the level right below it (LowDiff).
+    needs_adjacent_levels: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            _REGISTRY[cls.kind] = cls
+
+    @abstractmethod
+    def start(self, prev: StageOutput, x_noise: Tensor, sigma_start: float, level: Level) -> StageStart:
+        """The next stage's initial state and condition."""
+
+    def validate(
+        self, stage: int, prev_sigma_end: float, sigma_start: float, prev_level: Level | None, level: Level | None
+    ) -> None:
+        """Raise ValueError naming `stage` if this transition cannot join the two stages.
+        Levels are None when no cascade is known yet (size checks are then skipped)."""
+        if prev_level is not None and level is not None:
+            if level.size[0] < prev_level.size[0] or level.size[1] < prev_level.size[1]:
+                raise ValueError(
+                    f"stage {stage}: transition {self.kind} needs a level at least as large as the previous one, "
+                    f"got {prev_level.size} -> {level.size}"
+                )
+            if level.channels != prev_level.channels:
+                raise ValueError(
+                    f"stage {stage}: transition {self.kind} needs equal channel counts, "
+                    f"got {prev_level.channels} -> {level.channels}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, **asdict(self)}  # type: ignore[call-overload]
+
+
+def transition_from_dict(data: Any, stage: int | None = None) -> Transition:
+    """Rebuild a transition from `Transition.to_dict()` output."""
+    where = f"stage {stage}: " if stage is not None else ""
+    if not isinstance(data, dict) or "type" not in data:
+        raise ValueError(f"{where}transition must be an object with a 'type', got {data!r}")
+    fields = dict(data)
+    kind = fields.pop("type")
+    if kind not in _REGISTRY:
+        raise ValueError(f"{where}unknown transition type {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
+    try:
+        return _REGISTRY[kind](**fields)
+    except TypeError as err:
+        raise ValueError(f"{where}bad fields for transition {kind!r}: {err}") from None
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+
+
+@dataclass(frozen=True)
+class Condition(Transition):
+    """LowDiff (Alg. 2): start from fresh noise; condition on the upsampled, still-noisy
+    final state of the previous stage: cond = U(x_prev), cond_sigma = sigma_prev."""
+
+    mode: str = "nearest"
+    kind: ClassVar[str] = "condition"
+    needs_adjacent_levels: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+
+    def start(self, prev: StageOutput, x_noise: Tensor, sigma_start: float, level: Level) -> StageStart:
+        return StageStart(x_noise, upsample(prev.x, level.size, self.mode), prev.sigma)
+
+
+@dataclass(frozen=True)
+class Renoise(Transition):
+    """C2F-DM: upsample the previous stage's last x0 estimate and add fresh noise at the
+    next stage's first sigma: x = U(D_prev) + sigma_start * eps."""
+
+    mode: str = "bilinear"
+    kind: ClassVar[str] = "renoise"
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+
+    def start(self, prev: StageOutput, x_noise: Tensor, sigma_start: float, level: Level) -> StageStart:
+        return StageStart(upsample(prev.denoised, level.size, self.mode) + x_noise)
+
+
+@dataclass(frozen=True)
+class Continue(Transition):
+    """Continue the same trajectory on a grid f times finer (REFERENCE.md section 7):
+    x_H = U(x_L) + f sigma_L (eps - U P eps), at sigma_H = f sigma_L."""
+
+    rtol: float = 1e-5
+    kind: ClassVar[str] = "continue"
+
+    def start(self, prev: StageOutput, x_noise: Tensor, sigma_start: float, level: Level) -> StageStart:
+        factor = integer_factor(tuple(prev.x.shape[-2:]), level.size)
+        return StageStart(upsample_renoise(prev.x, x_noise / sigma_start, prev.sigma, factor))
+
+    def validate(
+        self, stage: int, prev_sigma_end: float, sigma_start: float, prev_level: Level | None, level: Level | None
+    ) -> None:
+        super().validate(stage, prev_sigma_end, sigma_start, prev_level, level)
+        if prev_sigma_end <= 0:
+            raise ValueError(f"stage {stage}: transition continue needs a truncated previous stage (last sigma > 0)")
+        if prev_level is None or level is None:
+            return
+        try:
+            factor = integer_factor(prev_level.size, level.size)
+        except ValueError as err:
+            raise ValueError(f"stage {stage}: transition continue: {err}") from None
+        expected = factor * prev_sigma_end
+        if not math.isclose(sigma_start, expected, rel_tol=self.rtol):
+            raise ValueError(
+                f"stage {stage}: transition continue needs sigmas[0] = {factor} * {prev_sigma_end} = {expected} "
+                f"(factor times the previous stage's last sigma), got {sigma_start}"
+            )
