@@ -22,7 +22,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/lowdiff-sched sample --model gaussian-field --plan gaussian-3stage \
+	$(BIN)/lowdiff-sched sample --model gaussian-field --plan cifar10-3stage \
 		--seeds 0-63 --batch 16 --out $(OUT)
 
 test: $(VENV)/.installed-dev

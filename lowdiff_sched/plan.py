@@ -260,11 +260,10 @@ class CascadePlan:
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
         title = f"plan {self.name}" if self.name else "plan"
         total = f"total NFE {sum(self.nfe())}"
-        if latency_ratios is None and levels is not None:
-            latency_ratios = pixel_ratios(self, levels)
         if latency_ratios is not None:
             total += f", effective NFE {self.effective_nfe(latency_ratios)}"
-            total += " (eta = pixel ratio)" if levels is not None else ""
+        elif levels is not None:
+            total += f", effective NFE {self.effective_nfe(pixel_ratios(self, levels))} (eta = pixel ratio)"
         return "\n".join([title, *lines, total])
 
     def __str__(self) -> str:

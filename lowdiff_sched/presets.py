@@ -10,6 +10,7 @@ counts do not exist. docs/presets.md lists both.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 from .plan import CascadePlan, StagePlan
@@ -116,3 +117,20 @@ def info(name: str) -> Preset:
 def get(name: str) -> CascadePlan:
     """A fresh CascadePlan for a preset name."""
     return info(name).build()
+
+
+def load_plan(spec: str | Path) -> CascadePlan:
+    """A preset name, or the path of a plan JSON file written by `CascadePlan.to_json`."""
+    if isinstance(spec, str) and spec in PRESETS:
+        return get(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"plan {str(spec)!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read plan file {str(path)!r}: {err}") from None
+    try:
+        return CascadePlan.from_json(text)
+    except ValueError as err:
+        raise ValueError(f"invalid plan file {str(path)!r}: {err}") from None

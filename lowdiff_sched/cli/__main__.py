@@ -1,0 +1,3 @@
+from lowdiff_sched.cli.app import main
+
+main()

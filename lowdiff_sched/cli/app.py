@@ -1,0 +1,198 @@
+"""The `lowdiff-sched` command: thin wrappers that parse options and call the library."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Cascaded multi-resolution sampling for diffusion models (LowDiff, C2F-DM, MSF).",
+)
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input becomes one line on stderr and exit code 2, never a traceback."""
+    try:
+        yield
+    except (ValueError, TypeError, OSError) as err:
+        typer.echo(f"lowdiff-sched: error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+def parse_int_ranges(text: str, what: str = "seeds") -> list[int]:
+    """'0-63', '1,5,7-9' -> list of ints (ranges inclusive, non-negative)."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo_text, hi_text = part.split("-", 1) if not part.startswith("-") else ("", "")
+                lo, hi = int(lo_text), int(hi_text)
+                if lo > hi:
+                    raise UsageError(f"{what}: range {part!r} is empty (start > end)")
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError as err:
+            if isinstance(err, UsageError):
+                raise
+            raise UsageError(f"{what}: {text!r} is not a list of ints and ranges like 0-63,70") from None
+    if any(v < 0 for v in out):
+        raise UsageError(f"{what}: values must be non-negative, got {text!r}")
+    return out
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{what}: {text!r} is not a comma-separated list of numbers") from None
+
+
+@app.command()
+def sample(
+    model: str = typer.Option("gaussian-field", help="Registered model name (see `lowdiff-sched models`)."),
+    plan: str = typer.Option("cifar10-3stage", help="Preset name or plan JSON file."),
+    seeds: str = typer.Option("0-63", help="Seeds, e.g. 0-63 or 1,5,7-9; one sample per seed."),
+    batch: int = typer.Option(16, help="Samples per batch (results do not depend on it)."),
+    out: Path = typer.Option(Path("out/samples"), help="Output directory."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Sample a model with a cascade plan; write {seed:06d}.png, grid.png and samples.npz.
+
+    Example: lowdiff-sched sample --model gaussian-field --plan cifar10-3stage --seeds 0-63 --batch 16 --out out/demo
+    """
+    with user_errors():
+        from lowdiff_sched import presets
+        from lowdiff_sched.models import load_model, model_spec
+        from lowdiff_sched.outputs import ensure_writable_dir, save_samples
+
+        seed_list = parse_int_ranges(seeds)
+        if batch < 1:
+            raise UsageError(f"--batch must be a positive int, got {batch}")
+        spec = model_spec(model)
+        cascade_plan = presets.load_plan(plan)
+        ensure_writable_dir(out)
+        cascade = load_model(model, device=device)
+        cascade_plan.validate(cascade)
+        started = time.perf_counter()
+        samples = _run_with_progress(cascade, cascade_plan, seed_list, batch, device, progress)
+        seconds = time.perf_counter() - started
+        written = save_samples(out, samples, seed_list, spec.value_range)
+        typer.echo(
+            f"{len(seed_list)} samples of {model} with plan {cascade_plan.name or plan} "
+            f"(NFE {'+'.join(map(str, cascade_plan.nfe()))}) in {seconds:.2f} s"
+        )
+        typer.echo(f"wrote {len(seed_list)} PNGs, {written['grid']} and {written['npz']} to {out}/")
+
+
+def _run_with_progress(cascade, plan, seeds, batch, device, progress):  # type: ignore[no-untyped-def]
+    import torch
+    from tqdm.auto import tqdm
+
+    from lowdiff_sched.sampling import sample_cascade
+
+    steps = sum(stage.steps for stage in plan.stages) * -(-len(seeds) // batch)
+    with tqdm(total=steps, disable=not progress, unit="step", desc="sampling", file=sys.stderr) as bar:
+        with torch.no_grad():
+            return sample_cascade(
+                cascade, plan, seeds=seeds, batch_size=batch, device=device, disable=True,
+                callback=lambda info: bar.update(1),
+            )
+
+
+@app.command("plan")
+def plan_command(
+    plan: str = typer.Argument(..., help="Preset name or plan JSON file."),
+    sizes: Optional[str] = typer.Option(None, help="Level sizes low -> high, e.g. 8,16,32 (default: each level doubles)."),
+    latency_ratios: Optional[str] = typer.Option(
+        None, help="Measured latency per step of each lower stage / the final stage, e.g. 0.1,0.3."
+    ),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG of sigma against step for each stage."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the plan as JSON to this file."),
+) -> None:
+    """Print a plan's stage table: levels, sigma ranges, steps, NFE and effective NFE.
+
+    Example: lowdiff-sched plan cifar10-3stage --plot plan.png
+    """
+    with user_errors():
+        from lowdiff_sched import presets
+        from lowdiff_sched.outputs import atomic_path
+        from lowdiff_sched.plan import pixel_ratios
+        from lowdiff_sched.protocol import Level
+
+        cascade_plan = presets.load_plan(plan)
+        n = len(cascade_plan.stages)
+        if sizes is not None:
+            size_list = [int(v) for v in parse_floats(sizes, "--sizes") if v == int(v)]
+            if len(size_list) < n or any(s <= 0 for s in size_list):
+                raise UsageError(f"--sizes needs at least {n} positive ints (one per level), got {sizes!r}")
+            levels = [Level((s, s), 1) for s in size_list]
+        else:
+            # the plan's own span of levels, each twice the size of the one below
+            span = max(abs(s.level) + (s.level >= 0) for s in cascade_plan.stages)
+            levels = [Level((2**i, 2**i), 1) for i in range(span)]
+        ratios = parse_floats(latency_ratios, "--latency-ratios") if latency_ratios else pixel_ratios(cascade_plan, levels)
+        table = cascade_plan.describe(levels if sizes else None, ratios)
+        if latency_ratios:
+            table += " (eta = --latency-ratios)"
+        else:
+            table += " (eta = pixel ratio" + (")" if sizes else ", assuming each level doubles the one below)")
+        typer.echo(table)
+        if json_out is not None:
+            with atomic_path(json_out) as tmp:
+                tmp.write_text(cascade_plan.to_json())
+            typer.echo(f"wrote {json_out}")
+        if plot is not None:
+            from lowdiff_sched.plots import plot_plan
+
+            plot_plan(cascade_plan, plot)
+            typer.echo(f"wrote {plot}")
+
+
+@app.command()
+def presets() -> None:
+    """List the preset plans with their per-stage NFE (ours, and the paper's).
+
+    Example: lowdiff-sched presets
+    """
+    with user_errors():
+        from lowdiff_sched import presets as registry
+
+        for name in registry.names():
+            p = registry.info(name)
+            nfe = "+".join(map(str, registry.get(name).nfe()))
+            typer.echo(f"{name:34s} NFE {nfe:14s} paper {'+'.join(map(str, p.paper_nfe)):14s} {p.description}")
+
+
+@app.command()
+def models() -> None:
+    """List the registered models.
+
+    Example: lowdiff-sched models
+    """
+    from lowdiff_sched.models import model_names, model_spec
+
+    for name in model_names():
+        typer.echo(f"{name:20s} {model_spec(name).description}")
+
+
+def main() -> None:
+    app(prog_name="lowdiff-sched")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Named models for the CLI and for users: one `sample` command, many backbones.
+
+Each entry builds a ResolutionCascade; adapters register theirs with `register_model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .protocol import ResolutionCascade
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    build: Callable[..., ResolutionCascade]  # build(device=..., **options)
+    value_range: tuple[float, float] = (-1.0, 1.0)  # data range, for writing images
+    default_plan: str = ""
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _MODELS:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    _MODELS[spec.name] = spec
+    return spec
+
+
+def model_names() -> list[str]:
+    return list(_MODELS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(_MODELS)}")
+    return _MODELS[name]
+
+
+def load_model(name: str, device: str | torch.device = "cpu", **options: Any) -> ResolutionCascade:
+    """Build a registered model on `device`."""
+    return model_spec(name).build(device=torch.device(device), **options)
+
+
+def _gaussian_field(device: torch.device, **options: Any) -> ResolutionCascade:
+    from .adapters.analytic import GaussianFieldCascade
+
+    return GaussianFieldCascade(**{"levels": (8, 16, 32), "channels": 3, **options})
+
+
+register_model(
+    ModelSpec(
+        "gaussian-field",
+        "exact Gaussian random-field oracle, levels 8/16/32, 3 channels (no weights; exact denoisers)",
+        _gaussian_field,
+        default_plan="cifar10-3stage",
+    )
+)

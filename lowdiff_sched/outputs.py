@@ -1,0 +1,99 @@
+"""Writing samples to disk: PNGs, grids and .npz files, each written atomically
+(temporary file + rename) so an interrupted run never leaves a half-written file."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create `path` if needed and check that files can be written there (before any long run)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ValueError(f"output directory {str(path)!r} is not writable: {err.strerror or err}") from None
+    return path
+
+
+def to_uint8(images: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """[B, C, H, W] floats in `value_range` -> [B, H, W, C] uint8 (C = 1 or 3; other counts show channel 0)."""
+    lo, hi = value_range
+    x = ((images.detach().float().cpu() - lo) / (hi - lo) * 255).round().clamp(0, 255).to(torch.uint8)
+    if x.shape[1] not in (1, 3):
+        x = x[:, :1]
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile [B, H, W, C] uint8 images into one [rows*(H+pad)+pad, ...] image, row by row."""
+    b, h, w, c = images.shape
+    ncol = ncol or math.ceil(math.sqrt(b))
+    nrow = math.ceil(b / ncol)
+    out = np.zeros((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, ncol)
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = img
+    return out
+
+
+def save_png(image: np.ndarray, path: str | Path) -> None:
+    """Write one [H, W, C] uint8 image as PNG, atomically."""
+    from PIL import Image
+
+    img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """np.savez, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def save_samples(
+    out_dir: str | Path,
+    samples: Tensor,
+    seeds: Sequence[int],
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    labels: Sequence[int] | None = None,
+    ncol: int | None = None,
+) -> dict[str, Path]:
+    """One {seed:06d}.png per sample, grid.png and samples.npz (samples, seeds[, labels])."""
+    out_dir = ensure_writable_dir(out_dir)
+    images = to_uint8(samples, value_range)
+    for seed, img in zip(seeds, images):
+        save_png(img, out_dir / f"{seed:06d}.png")
+    save_png(grid(images, ncol), out_dir / "grid.png")
+    arrays = {"samples": samples.detach().float().cpu().numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    save_npz(out_dir / "samples.npz", **arrays)
+    return {"grid": out_dir / "grid.png", "npz": out_dir / "samples.npz"}
