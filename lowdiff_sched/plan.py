@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .protocol import Level, ResolutionCascade
-from .samplers import count_nfe, sampler_name
+from .samplers import check_schedule, count_nfe, sampler_name
 from .schedules import validate_sigmas
 from .transitions import Condition, Transition, transition_from_dict
 
@@ -42,7 +42,10 @@ class StagePlan:
             object.__setattr__(self, "sigmas", torch.tensor(self.sigmas, dtype=torch.float64))
         validate_sigmas(self.sigmas)
         object.__setattr__(self, "sigmas", self.sigmas.detach())
-        sampler_name(self.sampler)  # rejects unknown names early
+        name = sampler_name(self.sampler)  # rejects unknown names early
+        if isinstance(self.sampler, str):
+            object.__setattr__(self, "sampler", name)  # "sample_heun" -> "heun"
+        check_schedule(self.sampler, self.sigmas)
         if not isinstance(self.sampler_kwargs, Mapping):
             raise TypeError(f"sampler_kwargs must be a mapping, got {type(self.sampler_kwargs).__name__}")
         object.__setattr__(self, "sampler_kwargs", dict(self.sampler_kwargs))
@@ -109,12 +112,16 @@ def _stage_from_dict(data: Any, index: int) -> StagePlan:
         raise ValueError(f"stage {index}: sigmas must be a list of numbers")
     transition = data.get("transition")
     try:
+        transition = None if transition is None else transition_from_dict(transition)
+    except ValueError as err:
+        raise ValueError(f"stage {index}: transition: {err}") from None
+    try:
         return StagePlan(
             level=data["level"],
             sigmas=torch.tensor(sigmas, dtype=dtype),
             sampler=data.get("sampler", "heun"),
             sampler_kwargs=data.get("sampler_kwargs", {}),
-            transition=None if transition is None else transition_from_dict(transition, index),
+            transition=transition,
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"stage {index}: {err}") from None

@@ -62,12 +62,21 @@ def accepts_noise_sampler(fn: SamplerFn) -> bool:
         return False
 
 
-def _ancestral_sigma_down(sigma_from: float, sigma_to: float, eta: float) -> float:
-    # k-diffusion's get_ancestral_step, the part that decides whether a second evaluation happens.
+def _ancestral_sigma_down(sigma_from: Tensor, sigma_to: Tensor, eta: float) -> Tensor:
+    # k-diffusion's get_ancestral_step, on the schedule's own tensors so float32 rounding
+    # decides "sigma_down == 0" exactly as it does inside the sampler.
     if not eta:
         return sigma_to
-    sigma_up = min(sigma_to, eta * math.sqrt(sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2))
-    return math.sqrt(max(sigma_to**2 - sigma_up**2, 0.0))
+    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    return (sigma_to**2 - sigma_up**2) ** 0.5
+
+
+def check_schedule(sampler: str | SamplerFn, sigmas: Tensor) -> None:
+    """Reject schedules a known sampler cannot run."""
+    name = sampler_name(sampler)
+    if name in ("dpmpp_2m_sde", "dpmpp_3m_sde") and sigmas.numel() == 2 and sigmas[-1] == 0:
+        # k-diffusion's implementations fail (UnboundLocalError) on a single step to sigma = 0
+        raise ValueError(f"sampler {name!r} needs at least 2 steps when the schedule ends at 0")
 
 
 def count_nfe(sampler: str | SamplerFn, sigmas: Tensor, sampler_kwargs: Mapping[str, Any] | None = None) -> int:
@@ -92,4 +101,4 @@ def count_nfe(sampler: str | SamplerFn, sigmas: Tensor, sampler_kwargs: Mapping[
     if name in _TWO_UNLESS_LAST:
         return sum(1 if nxt == 0 else 2 for _, nxt in steps)
     eta = float(kwargs.get("eta", 1.0))
-    return sum(1 if _ancestral_sigma_down(cur, nxt, eta) == 0 else 2 for cur, nxt in steps)
+    return sum(1 if _ancestral_sigma_down(sigmas[i], sigmas[i + 1], eta) == 0 else 2 for i in range(len(steps)))

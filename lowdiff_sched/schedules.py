@@ -50,7 +50,14 @@ def karras_sigmas(
         raise ValueError(f"rho must be positive, got {rho}")
     from k_diffusion.sampling import get_sigmas_karras
 
-    return get_sigmas_karras(n_steps, sigma_min, sigma_max, rho=rho, device=device)
+    sigmas = get_sigmas_karras(n_steps, sigma_min, sigma_max, rho=rho, device=device)
+    try:
+        return validate_sigmas(sigmas)
+    except ValueError:
+        raise ValueError(
+            f"karras_sigmas(n_steps={n_steps}, sigma_min={sigma_min}, sigma_max={sigma_max}, rho={rho}) "
+            f"is degenerate in float32 (points coincide): {sigmas.tolist()}; use fewer steps, a wider range or a larger rho"
+        ) from None
 
 
 def truncate_steps(sigmas: Tensor, n_steps: int) -> Tensor:
@@ -69,13 +76,14 @@ def truncate_at_sigma(sigmas: Tensor, sigma_stop: float) -> Tensor:
     step is shortened to land on sigma_stop.
     """
     validate_sigmas(sigmas)
-    sigma_stop = float(sigma_stop)
-    if not sigmas[-1].item() <= sigma_stop < sigmas[0].item():
+    stop = sigmas.new_tensor(float(sigma_stop))  # compared in the schedule's own dtype
+    if not sigmas[-1] <= stop < sigmas[0]:
         raise ValueError(
-            f"sigma_stop must lie in [{sigmas[-1].item()}, {sigmas[0].item()}) of the schedule, got {sigma_stop}"
+            f"sigma_stop must lie in [{sigmas[-1].item()}, {sigmas[0].item()}) of the schedule "
+            f"(in {sigmas.dtype}), got {sigma_stop}"
         )
-    head = sigmas[sigmas > sigma_stop]
-    return torch.cat([head, head.new_tensor([sigma_stop])])
+    head = sigmas[sigmas > stop]
+    return torch.cat([head, stop.view(1)])
 
 
 def shift_sigmas(sigmas: Tensor, factor: float, kind: str = "ve") -> Tensor:
@@ -96,7 +104,9 @@ def shift_sigmas(sigmas: Tensor, factor: float, kind: str = "ve") -> Tensor:
     if kind == "flow":
         if ((sigmas < 0) | (sigmas > 1)).any():
             raise ValueError(f"flow sigmas must lie in [0, 1], got {sigmas.tolist()}")
-        return factor * sigmas / (1 + (factor - 1) * sigmas)
+        shifted = factor * sigmas / (1 + (factor - 1) * sigmas)
+        # the ends are fixed points; keep them exact rather than a rounding step off
+        return torch.where((sigmas == 0) | (sigmas == 1), sigmas, shifted)
     raise ValueError(f"kind must be 've' or 'flow', got {kind!r}")
 
 
@@ -114,7 +124,7 @@ def flow_time_to_sigma(t: Tensor, shift: float = 1.0) -> Tensor:
     In sigma terms the shift divides sigma by s. t = 0 maps to inf.
     """
     shift = _check_shift(shift)
-    t = torch.as_tensor(t)
+    t = t if isinstance(t, Tensor) else torch.as_tensor(t, dtype=torch.float64)
     if ((t < 0) | (t > 1)).any():
         raise ValueError(f"flow time must lie in [0, 1], got {t.tolist()}")
     t_shifted = shift * t / (1 + (shift - 1) * t)
@@ -125,7 +135,7 @@ def flow_time_to_sigma(t: Tensor, shift: float = 1.0) -> Tensor:
 def sigma_to_flow_time(sigma: Tensor, shift: float = 1.0) -> Tensor:
     """Inverse of `flow_time_to_sigma`: t' = 1 / (1 + sigma), then undo the shift."""
     shift = _check_shift(shift)
-    sigma = torch.as_tensor(sigma)
+    sigma = sigma if isinstance(sigma, Tensor) else torch.as_tensor(sigma, dtype=torch.float64)
     if (sigma < 0).any():
         raise ValueError(f"sigma must be non-negative, got {sigma.tolist()}")
     t_shifted = 1 / (1 + sigma)
