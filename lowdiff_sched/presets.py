@@ -134,3 +134,29 @@ def load_plan(spec: str | Path) -> CascadePlan:
         return CascadePlan.from_json(text)
     except ValueError as err:
         raise ValueError(f"invalid plan file {str(path)!r}: {err}") from None
+
+
+def markdown_table() -> str:
+    """docs/presets.md's table: each preset's NFE per stage next to the paper's."""
+    from .plan import pixel_ratios
+    from .protocol import Level
+
+    rows = [
+        "| preset | levels (from top) | sampler | NFE per stage | paper | difference | effective NFE* |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, preset in PRESETS.items():
+        plan = preset.build()
+        nfe = plan.nfe()
+        span = max(-s.level for s in plan.stages)
+        levels = [Level((2**i, 2**i), 1) for i in range(span)]
+        diff = ", ".join(
+            f"stage {i}: {ours - paper:+d}" for i, (ours, paper) in enumerate(zip(nfe, preset.paper_nfe)) if ours != paper
+        )
+        samplers = "/".join(sorted({str(s.sampler) for s in plan.stages}))
+        rows.append(
+            f"| `{name}` | {', '.join(str(s.level) for s in plan.stages)} | {samplers} | "
+            f"{' + '.join(map(str, nfe))} = {sum(nfe)} | {' + '.join(map(str, preset.paper_nfe))} | {diff or 'none'} | "
+            f"{plan.effective_nfe(pixel_ratios(plan, levels))} |"
+        )
+    return "\n".join(rows)

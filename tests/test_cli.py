@@ -51,6 +51,12 @@ def test_sample_writes_pngs_grid_and_npz(tmp_path, small_plan):
     png = np.asarray(Image.open(out / "000003.png"))
     assert np.array_equal(png, to_uint8(torch.from_numpy(data["samples"][:1]))[0])
     assert not list(out.glob("*.tmp*"))  # no temporary files left behind
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((out / "grid.png").stat().st_mode) == 0o666 & ~mask
 
     # batch size does not change any sample
     again = tmp_path / "again"
