@@ -1,10 +1,12 @@
 """What does the cascade machinery cost on top of the network?
 
-Times, in one process and interleaved (this machine is shared and noisy):
-  A. sample_cascade(...) on a 3-stage plan with a compute-bound stand-in network;
-  B. the same stages written by hand: k-diffusion's sampler per stage, upsampling in between;
-  C. the bare network calls sample_cascade made (same inputs, replayed in a loop).
-Overhead of our machinery = A / B - 1; A / C - 1 also counts k-diffusion's own update math.
+Two measurements, each robust to a shared, noisy machine:
+1. In-run accounting with a compute-bound stand-in network: during one sample_cascade run,
+   the time spent inside the network's calls is summed; the rest of the wall time is
+   overhead (k-diffusion's update arithmetic + ours). The same is done for the identical
+   cascade written by hand with k-diffusion calls, so the difference is our machinery.
+2. A near-free network (one multiply): the wall time per model call of sample_cascade
+   minus that of the by-hand version is our machinery's absolute cost per call.
 
     python bench/overhead.py [--repeats 7] [--batch 16] [--width 64] [--device cpu]
 """
@@ -26,23 +28,33 @@ from lowdiff_sched.sampling import sample_cascade
 
 
 class ConvCascade(nn.Module):
-    """A stand-in network: a few 3x3 convs at every level, cost proportional to pixels."""
+    """A stand-in network: a few 3x3 convs at every level, cost proportional to pixels.
+    `width=0` makes it near-free (one multiply), to expose per-call overheads."""
 
     def __init__(self, sizes=(8, 16, 32), channels: int = 3, width: int = 64, depth: int = 4) -> None:
         super().__init__()
         self.levels = tuple(Level((s, s), channels) for s in sizes)
-        layers = [nn.Conv2d(2 * channels, width, 3, padding=1), nn.SiLU()]
-        for _ in range(depth - 2):
-            layers += [nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
-        layers.append(nn.Conv2d(width, channels, 3, padding=1))
-        self.net = nn.Sequential(*layers)
-        self.record: list | None = None
+        self.width = width
+        if width:
+            layers = [nn.Conv2d(2 * channels, width, 3, padding=1), nn.SiLU()]
+            for _ in range(depth - 2):
+                layers += [nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
+            layers.append(nn.Conv2d(width, channels, 3, padding=1))
+            self.net = nn.Sequential(*layers)
+        self.inside = 0.0  # seconds spent inside denoise, summed
+        self.sync = lambda: None
 
     def denoise(self, x, sigma, *, level, cond=None, cond_sigma=None, **extra):
-        if self.record is not None:
-            self.record.append((x, sigma, dict(level=level, cond=cond, cond_sigma=cond_sigma)))
-        inp = torch.cat([x / (1 + sigma.view(-1, 1, 1, 1) ** 2).sqrt(), torch.zeros_like(x) if cond is None else cond], 1)
-        return self.net(inp)
+        self.sync()
+        start = time.perf_counter()
+        if self.width:
+            inp = torch.cat([x / (1 + sigma.view(-1, 1, 1, 1) ** 2).sqrt(), torch.zeros_like(x) if cond is None else cond], 1)
+            out = self.net(inp)
+        else:
+            out = x * 0.5
+        self.sync()
+        self.inside += time.perf_counter() - start
+        return out
 
 
 def by_hand(net: ConvCascade, plan, noise):
@@ -57,6 +69,29 @@ def by_hand(net: ConvCascade, plan, noise):
     return x_prev
 
 
+def measure(net: ConvCascade, plan, noise, repeats: int, sync) -> dict[str, tuple[float, float]]:
+    """Per job: median wall seconds and median fraction of wall time outside the network."""
+    jobs = {
+        "sample_cascade": lambda: sample_cascade(net, plan, noise=noise, disable=True),
+        "k-diffusion by hand": lambda: by_hand(net, plan, noise),
+    }
+    for job in jobs.values():  # warm-up
+        job()
+    walls: dict[str, list[float]] = {k: [] for k in jobs}
+    outside: dict[str, list[float]] = {k: [] for k in jobs}
+    for r in range(repeats):
+        for key in list(jobs) if r % 2 == 0 else list(reversed(jobs)):  # neither always goes first
+            net.inside = 0.0
+            sync()
+            start = time.perf_counter()
+            jobs[key]()
+            sync()
+            wall = time.perf_counter() - start
+            walls[key].append(wall)
+            outside[key].append((wall - net.inside) / wall)
+    return {k: (statistics.median(walls[k]), statistics.median(outside[k])) for k in jobs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
@@ -67,37 +102,32 @@ def main() -> None:
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    net = ConvCascade(width=args.width).to(device).eval()
-    plan = presets.get("cifar10-3stage")
-    noise = [torch.randn(args.batch, *net.levels[s.level].shape, device=device) for s in plan.stages]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    plan = presets.get("cifar10-3stage")
+    calls = sum(plan.nfe())
 
     with torch.no_grad():
-        net.record = []
-        sample_cascade(net, plan, noise=noise, disable=True)  # warm-up, and record the calls' arguments
-        calls, net.record = net.record, None
-        by_hand(net, plan, noise)
+        net = ConvCascade(width=args.width).to(device).eval()
+        net.sync = sync
+        noise = [torch.randn(args.batch, *net.levels[s.level].shape, device=device) for s in plan.stages]
+        heavy = measure(net, plan, noise, args.repeats, sync)
+        free = ConvCascade(width=0).to(device)
+        free_runs = measure(free, plan, noise, args.repeats * 5, sync)
 
-        def timed(fn) -> float:
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            return time.perf_counter() - start
-
-        runs: dict[str, list[float]] = {"cascade": [], "by_hand": [], "bare": []}
-        for _ in range(args.repeats):
-            runs["cascade"].append(timed(lambda: sample_cascade(net, plan, noise=noise, disable=True)))
-            runs["by_hand"].append(timed(lambda: by_hand(net, plan, noise)))
-            runs["bare"].append(timed(lambda: [net.denoise(x, sigma, **kw) for x, sigma, kw in calls]))
-
-    med = {k: statistics.median(v) for k, v in runs.items()}
-    print(f"plan cifar10-3stage, NFE {plan.nfe()}, batch {args.batch}, conv width {args.width}, "
-          f"{len(calls)} network calls, device {device}, {args.repeats} interleaved repeats (median)")
-    print("| what | seconds | vs. bare calls | vs. by hand |")
-    print("|---|---|---|---|")
-    for key, label in [("bare", "bare network calls"), ("by_hand", "k-diffusion by hand"), ("cascade", "sample_cascade")]:
-        print(f"| {label} | {med[key]:.4f} | {med[key] / med['bare'] - 1:+.2%} | {med[key] / med['by_hand'] - 1:+.2%} |")
+    print(f"plan cifar10-3stage (NFE {'+'.join(map(str, plan.nfe()))} = {calls} calls), batch {args.batch}, "
+          f"device {device}, medians of {args.repeats} interleaved repeats")
+    print()
+    print(f"1. stand-in network (4 conv layers, width {args.width}):")
+    print("| run | wall seconds | share of wall time outside the network |")
+    print("|---|---|---|")
+    for key, (wall, out) in heavy.items():
+        print(f"| {key} | {wall:.4f} | {out:.2%} |")
+    diff = heavy["sample_cascade"][1] - heavy["k-diffusion by hand"][1]
+    print(f"\nour machinery (sample_cascade minus by hand): {diff:+.2%} of wall time")
+    per_call = (free_runs["sample_cascade"][0] - free_runs["k-diffusion by hand"][0]) / calls
+    print(f"\n2. near-free network: {free_runs['sample_cascade'][0] / calls * 1e6:.0f} us per call in sample_cascade, "
+          f"{free_runs['k-diffusion by hand'][0] / calls * 1e6:.0f} us by hand: "
+          f"our machinery costs {per_call * 1e6:+.1f} us per model call")
 
 
 if __name__ == "__main__":
