@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -96,7 +97,7 @@ def sample(
             f"{len(seed_list)} samples of {model} with plan {cascade_plan.name or plan} "
             f"(NFE {'+'.join(map(str, cascade_plan.nfe()))}) in {seconds:.2f} s"
         )
-        typer.echo(f"wrote {len(seed_list)} PNGs, {written['grid']} and {written['npz']} to {out}/")
+        typer.echo(f"wrote {len(seed_list)} PNGs, {written['grid'].name} and {written['npz'].name} to {out}/")
 
 
 def _run_with_progress(cascade, plan, seeds, batch, device, progress):  # type: ignore[no-untyped-def]
@@ -191,6 +192,8 @@ def models() -> None:
 
 
 def main() -> None:
+    # k-diffusion imports clip, which warns about pkg_resources on every run: not the user's concern
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     app(prog_name="lowdiff-sched")
 
 
