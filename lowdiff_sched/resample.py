@@ -16,7 +16,7 @@ UpsampleMode = Literal["nearest", "bilinear"]
 UPSAMPLE_MODES: tuple[str, ...] = ("nearest", "bilinear")
 
 
-def _check_image(name: str, x: Tensor) -> None:
+def check_image(name: str, x: Tensor) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
@@ -42,7 +42,7 @@ def integer_factor(low: tuple[int, int], high: tuple[int, int]) -> int:
 
 def upsample(x: Tensor, size: tuple[int, int], mode: str = "nearest") -> Tensor:
     """Resize x [B, C, h, w] up to `size` (nearest, or bilinear with align_corners=False)."""
-    _check_image("x", x)
+    check_image("x", x)
     size = _check_size(size)
     if mode not in UPSAMPLE_MODES:
         raise ValueError(f"mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
@@ -57,7 +57,7 @@ def upsample(x: Tensor, size: tuple[int, int], mode: str = "nearest") -> Tensor:
 
 def downsample(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Mean-pool x [B, C, H, W] down to `size` (area averaging; exact block means for integer factors)."""
-    _check_image("x", x)
+    check_image("x", x)
     size = _check_size(size)
     if size[0] > x.shape[-2] or size[1] > x.shape[-1]:
         raise ValueError(f"cannot downsample {tuple(x.shape[-2:])} to the larger size {size}")
@@ -66,7 +66,7 @@ def downsample(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.adaptive_avg_pool2d(x, size)
 
 
-def _per_sample(scale: float | Tensor, x: Tensor, name: str) -> float | Tensor:
+def per_sample(scale: float | Tensor, x: Tensor, name: str) -> float | Tensor:
     if isinstance(scale, Tensor):
         if scale.ndim == 0:
             return scale.to(x.dtype)
@@ -76,6 +76,25 @@ def _per_sample(scale: float | Tensor, x: Tensor, name: str) -> float | Tensor:
     return float(scale)
 
 
+def check_concat_inputs(x: Tensor, cond: Tensor, mode: str, out: Tensor | None) -> None:
+    """The argument checks shared by every implementation of upsample_concat."""
+    check_image("x", x)
+    check_image("cond", cond)
+    if cond.shape[0] != x.shape[0]:
+        raise ValueError(f"x and cond have different batch sizes: {x.shape[0]} vs {cond.shape[0]}")
+    if cond.dtype != x.dtype or cond.device != x.device:
+        raise ValueError(f"x and cond must share dtype and device, got {x.dtype}/{x.device} and {cond.dtype}/{cond.device}")
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+    if cond.shape[-2] > x.shape[-2] or cond.shape[-1] > x.shape[-1]:
+        raise ValueError(f"cond {tuple(cond.shape[-2:])} is larger than x {tuple(x.shape[-2:])}: cannot upsample it")
+    if out is not None:
+        shape = (x.shape[0], x.shape[1] + cond.shape[1], *x.shape[-2:])
+        if not isinstance(out, Tensor) or tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
+            got = f"{tuple(out.shape)} {out.dtype} {out.device}" if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"out must be a {x.dtype} tensor of shape {shape} on {x.device}, got {got}")
+
+
 def upsample_concat(
     x: Tensor,
     cond: Tensor,
@@ -83,17 +102,32 @@ def upsample_concat(
     mode: str = "nearest",
     x_scale: float | Tensor = 1.0,
     cond_scale: float | Tensor = 1.0,
+    out: Tensor | None = None,
 ) -> Tensor:
     """cat([x_scale * x, cond_scale * upsample(cond, x's size)], dim=1): a LowDiff network input.
 
-    Scales are floats or per-sample tensors [B] (EDM's c_in depends on each sample's sigma).
+    Scales are floats or per-sample tensors [B] (EDM's c_in depends on each sample's sigma);
+    `out` is an optional preallocated [B, Cx + Cc, H, W] buffer.
     """
-    _check_image("x", x)
-    _check_image("cond", cond)
-    if cond.shape[0] != x.shape[0]:
-        raise ValueError(f"x and cond have different batch sizes: {x.shape[0]} vs {cond.shape[0]}")
+    check_concat_inputs(x, cond, mode, out)
     up = upsample(cond, tuple(x.shape[-2:]), mode)
-    return torch.cat([x * _per_sample(x_scale, x, "x_scale"), up * _per_sample(cond_scale, x, "cond_scale")], dim=1)
+    parts = [x * per_sample(x_scale, x, "x_scale"), up * per_sample(cond_scale, x, "cond_scale")]
+    if out is None:
+        return torch.cat(parts, dim=1)
+    return torch.cat(parts, dim=1, out=out)
+
+
+def check_renoise_inputs(x_low: Tensor, eps: Tensor, factor: int) -> None:
+    """The argument checks shared by every implementation of upsample_renoise."""
+    check_image("x_low", x_low)
+    check_image("eps", eps)
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"factor must be a positive int, got {factor!r}")
+    b, c, h, w = x_low.shape
+    if tuple(eps.shape) != (b, c, h * factor, w * factor):
+        raise ValueError(f"eps must have shape {(b, c, h * factor, w * factor)}, got {tuple(eps.shape)}")
+    if eps.dtype != x_low.dtype or eps.device != x_low.device:
+        raise ValueError(f"x_low and eps must share dtype and device, got {x_low.dtype}/{x_low.device} and {eps.dtype}/{eps.device}")
 
 
 def upsample_renoise(x_low: Tensor, eps: Tensor, sigma_low: float | Tensor, factor: int) -> Tensor:
@@ -103,15 +137,8 @@ def upsample_renoise(x_low: Tensor, eps: Tensor, sigma_low: float | Tensor, fact
     x_H carries white noise of std f * sigma_L and mean-pools back to x_L exactly
     (REFERENCE.md section 7). `eps` is unit noise at the fine size.
     """
-    _check_image("x_low", x_low)
-    _check_image("eps", eps)
-    if not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"factor must be a positive int, got {factor!r}")
+    check_renoise_inputs(x_low, eps, factor)
     h, w = x_low.shape[-2:]
-    if tuple(eps.shape) != (x_low.shape[0], x_low.shape[1], h * factor, w * factor):
-        raise ValueError(
-            f"eps must have shape {(x_low.shape[0], x_low.shape[1], h * factor, w * factor)}, got {tuple(eps.shape)}"
-        )
     fine = (h * factor, w * factor)
     detail = eps - upsample(downsample(eps, (h, w)), fine)
-    return upsample(x_low, fine) + detail * (_per_sample(sigma_low, x_low, "sigma_low") * factor)
+    return upsample(x_low, fine) + detail * (per_sample(sigma_low, x_low, "sigma_low") * factor)

@@ -7,6 +7,11 @@ import os
 import pytest
 import torch
 
+# Without a GPU, the Triton kernels run in Triton's interpreter; it must be chosen before
+# the kernels are compiled (decorated), so before any test imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from lowdiff_sched.protocol import Level
 
 # Keep CPU thread count fixed so timings and float reductions repeat across runs.
