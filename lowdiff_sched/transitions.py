@@ -16,7 +16,8 @@ from typing import Any, ClassVar, NamedTuple
 from torch import Tensor
 
 from .protocol import Level
-from .resample import UPSAMPLE_MODES, integer_factor, upsample, upsample_renoise
+from .kernels import upsample_renoise
+from .resample import UPSAMPLE_MODES, integer_factor, upsample
 
 
 class StageOutput(NamedTuple):
