@@ -1,0 +1,28 @@
+"""Training LowDiff cascades: EDM's losses applied per level (losses), EDM-format image
+datasets (data), and a data-parallel training loop with EMA, atomic checkpoints and exact
+resume (loop, config, checkpoint, ema, batches, seeds, distributed, interrupt)."""
+
+from __future__ import annotations
+
+from .checkpoint import latest_checkpoint, load_checkpoint, load_weights
+from .config import TrainConfig
+from .data import ImageDataset, one_hot
+from .losses import EDMLoss, LevelNoise, VELoss, VPLoss, draw_multires_noise, make_loss, multires_loss
+from .loop import train
+
+__all__ = [
+    "EDMLoss",
+    "ImageDataset",
+    "LevelNoise",
+    "TrainConfig",
+    "VELoss",
+    "VPLoss",
+    "draw_multires_noise",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "make_loss",
+    "multires_loss",
+    "one_hot",
+    "train",
+]

@@ -1,0 +1,73 @@
+"""Training checkpoints: `checkpoint-{step:08d}.pt` files in the run folder.
+
+A checkpoint is a plain dict of tensors and containers (loadable with
+torch.load(weights_only=True)): format, step, images_seen, model and ema state dicts,
+optimizer state dict, config (a dict) and world_size. Writes are atomic (temporary file +
+os.replace), so a crash while saving leaves the previous checkpoint intact. No RNG state is
+stored because none is carried between steps: each step reseeds from (seed, step), see seeds.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..outputs import atomic_path
+
+FORMAT = "lowdiff-sched-train/1"
+NAME = re.compile(r"^checkpoint-(\d{8})\.pt$")
+
+
+def checkpoint_path(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / f"checkpoint-{step:08d}.pt"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint in out_dir, oldest first (temporary files excluded)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found = ((NAME.match(p.name), p) for p in out_dir.iterdir())
+    return sorted((int(m.group(1)), p) for m, p in found if m)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    found = list_checkpoints(out_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(out_dir: str | Path, state: dict[str, Any], *, keep: int | None = None) -> Path:
+    """Write `state` (which holds "step") atomically; then drop all but the newest `keep`."""
+    path = checkpoint_path(out_dir, int(state["step"]))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it replaces anything, or older ones are pruned
+    if keep is not None:
+        for _, old in list_checkpoints(out_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint's dict, loaded without executing code (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a lowdiff-sched training checkpoint")
+    return state
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, which: str = "ema") -> torch.nn.Module:
+    """Load a checkpoint's EMA (or "model") weights into `model`, for sampling or fine-tuning."""
+    if which not in ("ema", "model"):
+        raise ValueError(f'which must be "ema" or "model", got {which!r}')
+    model.load_state_dict(load_checkpoint(path)[which])
+    return model

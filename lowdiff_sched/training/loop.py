@@ -1,0 +1,292 @@
+"""`train`: LowDiff multi-resolution training of any ResolutionCascade module, on one process
+or many (torchrun), with EMA, checkpoints, exact resume and Ctrl-C handling."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..outputs import atomic_path, ensure_writable_dir
+from ..protocol import ResolutionCascade
+from .batches import StepBatches
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, resume_conflicts
+from .data import one_hot
+from .distributed import Processes, average_gradients, broadcast_parameters, default_device, join_processes, sum_over_ranks
+from .ema import ema_beta, update_ema
+from .interrupt import DeferredInterrupt
+from .losses import check_level_ids, draw_multires_noise, make_loss, multires_loss
+from .seeds import LOSS_NOISE, MODEL_RNG, derive_seed
+
+__all__ = ["TrainConfig", "train"]
+
+LOG_FILE = "log.jsonl"
+CONFIG_FILE = "train_config.json"
+
+
+def collate(items: Sequence[Any]) -> tuple[Tensor, Tensor]:
+    """Stack (image, class id) items, or bare images (class id -1), into a batch."""
+    if isinstance(items[0], Tensor):
+        return torch.stack(list(items)), torch.full((len(items),), -1, dtype=torch.long)
+    images, labels = zip(*items)
+    return torch.stack(images), torch.as_tensor(labels, dtype=torch.long)
+
+
+def train(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    resume: bool = True,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Train `model` on `dataset` with LowDiff's loss; return the trained (non-EMA) model.
+
+    Checkpoints (with the EMA weights) go to out_dir; with `resume`, a run continues from the
+    latest one there, step for step as if never stopped. Under torchrun each process trains on
+    its share of every global batch and rank 0 writes the files. Ctrl-C finishes the current
+    step, saves a checkpoint and re-raises KeyboardInterrupt. The dataset yields (image, class
+    id) pairs (as ImageDataset does) or bare images, at the top level's shape.
+
+    Randomness is reseeded every step from (config.seed, step), torch's global RNG included
+    (for the model's own draws, e.g. dropout; the caller's RNG state is restored afterwards),
+    so resuming needs no saved RNG state and the data and loss noise do not depend on the
+    number of processes. Resuming under torchrun
+    reads the checkpoint on every rank: out_dir must be on a file system they share.
+    """
+    if not isinstance(model, nn.Module) or not isinstance(model, ResolutionCascade):
+        raise ValueError(f"model must be a torch.nn.Module implementing ResolutionCascade, got {type(model).__name__}")
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    device = torch.device(device) if device is not None else default_device()
+    _check_dataset(model, dataset, config)
+    check_level_ids(model.levels, config.levels)
+    procs = join_processes(device)
+    try:
+        if config.batch % procs.world:
+            raise ValueError(f"TrainConfig.batch={config.batch} does not split evenly over {procs.world} processes")
+        # The per-step reseeding of torch's global RNG stays inside: the caller's RNG is untouched.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return _Run(model, dataset, config, Path(out_dir), procs, device).run(progress=progress, resume=resume)
+    finally:
+        procs.close()
+
+
+def _check_dataset(model: nn.Module, dataset: Any, config: TrainConfig) -> None:
+    try:
+        size = len(dataset)
+    except TypeError:
+        raise ValueError(f"dataset must have a length, got {type(dataset).__name__}") from None
+    if size == 0:
+        raise ValueError("dataset is empty")
+    item = dataset[0]
+    image = item if isinstance(item, Tensor) else item[0]
+    top = model.levels[-1]
+    if tuple(image.shape) != top.shape:
+        raise ValueError(f"dataset images have shape {tuple(image.shape)}, the model's top level is {top.shape}")
+    if config.label_dim and not getattr(dataset, "has_labels", not isinstance(item, Tensor)):
+        raise ValueError(f"TrainConfig.label_dim={config.label_dim} but the dataset has no labels")
+    dataset_dim = getattr(dataset, "label_dim", 0)
+    if config.label_dim and dataset_dim > config.label_dim:
+        raise ValueError(f"dataset has class ids up to {dataset_dim - 1}, beyond TrainConfig.label_dim={config.label_dim}")
+
+
+class _Run:
+    """One call of `train`: the state that changes step by step, and the steps themselves."""
+
+    def __init__(self, model: nn.Module, dataset: Any, config: TrainConfig, out_dir: Path, procs: Processes, device: torch.device) -> None:
+        self.model, self.dataset, self.config, self.procs, self.device = model, dataset, config, procs, device
+        self.out_dir = ensure_writable_dir(out_dir)
+        self.model.to(device).train()
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+        self.loss_fn = make_loss(config.loss)
+        self.noise_generator = torch.Generator(device=device)
+        self.step = 0
+        self.saved_step: int | None = None
+        self.ema: nn.Module
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def restore(self, resume: bool) -> None:
+        """Continue from the latest checkpoint in out_dir, or start (every rank from rank 0's weights)."""
+        path = latest_checkpoint(self.out_dir)
+        if path is not None and not resume:
+            raise ValueError(f"out_dir {str(self.out_dir)!r} already holds checkpoints; resume from them or use another out_dir")
+        if path is None:
+            broadcast_parameters(self.model, self.procs)
+            self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+            return
+        state = load_checkpoint(path, map_location=self.device)
+        conflicts = resume_conflicts(state["config"], self.config)
+        if conflicts:
+            changes = ", ".join(f"{k}: {state['config'].get(k)!r} -> {getattr(self.config, k)!r}" for k in conflicts)
+            raise ValueError(f"cannot resume from {str(path)!r}: the config changed ({changes}); use another out_dir or resume=False")
+        self.model.load_state_dict(state["model"])
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = self.saved_step = int(state["step"])
+        if self.procs.is_main:
+            _forget_log_after(self.out_dir / LOG_FILE, self.step)
+
+    def save(self) -> None:
+        """Checkpoint the state after `self.step` completed steps (rank 0 writes it)."""
+        if self.procs.is_main and self.saved_step != self.step:
+            state = {
+                "step": self.step,
+                "images_seen": self.step * self.config.batch,
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "config": self.config.to_dict(),
+                "world_size": self.procs.world,
+            }
+            save_checkpoint(self.out_dir, state, keep=self.config.keep_checkpoints)
+        self.saved_step = self.step
+
+    # -- one step --------------------------------------------------------------------------------
+
+    def _reseed(self) -> None:
+        """Every random stream of this step, derived from (seed, step): nothing carries over."""
+        seed = self.config.seed
+        self.noise_generator.manual_seed(derive_seed(seed, LOSS_NOISE, self.step))
+        torch.manual_seed(derive_seed(seed, MODEL_RNG, self.step, self.procs.rank))
+
+    def compute_gradients(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Loss and averaged gradients of this process's share of the step's global batch."""
+        cfg = self.config
+        self._reseed()
+        images = images.to(self.device, torch.float32)
+        class_labels = one_hot(labels, cfg.label_dim).to(self.device) if cfg.label_dim else None
+        # Every rank draws the whole global batch's noise and keeps its rows, so the result
+        # does not depend on the number of processes.
+        share = cfg.batch // self.procs.world
+        rows = (self.procs.rank * share, (self.procs.rank + 1) * share)
+        noise = draw_multires_noise(self.model.levels, cfg.batch, self.loss_fn, generator=self.noise_generator, levels=cfg.levels, device=self.device)
+        noise = {i: z.rows(*rows) for i, z in noise.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.mixed_precision == "bf16" else nullcontext()
+        with autocast:
+            total, per_level = multires_loss(self.model, images, self.loss_fn, class_labels=class_labels, levels=cfg.levels, noise=noise)
+        total.backward()
+        average_gradients(self.model, self.procs)
+        return torch.stack([per_level[i] for i in sorted(per_level)])
+
+    def update(self) -> None:
+        """Clip, step the optimizer and the EMA (EDM's schedule for lr ramp-up and EMA decay)."""
+        cfg = self.config
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        for p in params:
+            torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        seen = self.step * cfg.batch
+        ramp = min((seen + cfg.batch) / (cfg.lr_rampup_kimg * 1000), 1.0) if cfg.lr_rampup_kimg > 0 else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * ramp
+        self.optimizer.step()
+        update_ema(self.ema, self.model, ema_beta(seen, cfg.batch, cfg.ema_halflife_kimg, cfg.ema_rampup_ratio))
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self, *, progress: bool, resume: bool) -> nn.Module:
+        cfg = self.config
+        self.restore(resume)
+        if self.procs.is_main:
+            with atomic_path(self.out_dir / CONFIG_FILE) as tmp:
+                tmp.write_text(cfg.to_json() + "\n")
+        sampler = StepBatches(len(self.dataset), cfg.batch, cfg.seed, start=self.step, stop=cfg.steps, rank=self.procs.rank, world=self.procs.world)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate)
+        levels = check_level_ids(self.model.levels, cfg.levels)
+        log = _LossLog(self.out_dir / LOG_FILE, levels, cfg.steps, self.step, show=progress and self.procs.is_main, write=self.procs.is_main)
+        phase = "compute"
+        try:
+            with DeferredInterrupt() as interrupt:
+                for images, labels in loader:
+                    losses = self.compute_gradients(images, labels)
+                    phase = "update"
+                    self.update()
+                    self.step += 1
+                    phase = "compute"
+                    stop_and_losses = sum_over_ranks(torch.cat([losses.new_tensor([float(interrupt.requested)]), losses]), self.procs)
+                    log.add(self.step, stop_and_losses[1:] / self.procs.world, flush=self.step % cfg.log_every == 0 or self.step == cfg.steps)
+                    if stop_and_losses[0] > 0:
+                        raise KeyboardInterrupt
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        phase = "save"
+                        self.save()
+                        phase = "compute"
+            phase = "save"
+            self.save()
+        except KeyboardInterrupt:
+            log.close()
+            if phase == "compute":  # the model holds exactly `self.step` completed steps
+                self.save()
+                log.message(f"interrupted: checkpoint of step {self.step} in {self.out_dir}")
+            raise
+        finally:
+            log.close()
+        if self.procs.active:
+            torch.distributed.barrier()
+        return self.model
+
+
+def _forget_log_after(path: Path, step: int) -> None:
+    """Drop log records of steps after `step` (logged by a run that then died before saving them)."""
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(kept))
+
+
+class _LossLog:
+    """Per-level losses averaged over each logging window: a tqdm bar and log.jsonl (rank 0)."""
+
+    def __init__(self, path: Path, levels: list[int], total: int, initial: int, *, show: bool, write: bool) -> None:
+        self.path, self.levels, self.write = path, levels, write
+        self.sum: Tensor | None = None
+        self.count = 0
+        self.bar = None
+        if show:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # no bar without tqdm; the log file still records everything
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def add(self, step: int, losses: Tensor, *, flush: bool) -> None:
+        self.sum = losses.detach().double() if self.sum is None else self.sum + losses.detach().double()
+        self.count += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if flush:
+            means = (self.sum / self.count).tolist()
+            self.sum, self.count = None, 0
+            per_level = {str(i): m for i, m in zip(self.levels, means)}
+            if self.bar is not None:
+                self.bar.set_postfix({f"L{i}": f"{m:.4g}" for i, m in per_level.items()}, refresh=False)
+            if self.write:
+                record = {"step": step, "loss": math.fsum(means), "levels": per_level}
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+
+    def message(self, text: str) -> None:
+        if self.write:
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

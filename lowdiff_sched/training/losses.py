@@ -1,0 +1,210 @@
+"""EDM's three training-noise distributions and loss weights, and LowDiff's multi-resolution loss.
+
+Each loss class says only how sigma is drawn and how a sample at that sigma is weighted;
+`multires_loss` applies one of them identically at every level of a cascade (LowDiff Alg. 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from ..protocol import Level, ResolutionCascade
+from ..resample import downsample, upsample
+
+
+def _rand(n: int, generator: torch.Generator | None, device: torch.device | str | None) -> Tensor:
+    """U[0, 1) draws [n], made on the generator's device (so a CPU generator repeats anywhere)."""
+    where = generator.device if generator is not None else device
+    u = torch.rand(n, generator=generator, device=where)
+    return u if device is None else u.to(device)
+
+
+def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
+    """N(0, 1) draws of `shape`, made on the generator's device like `_rand`."""
+    where = generator.device if generator is not None else device
+    z = torch.randn(tuple(shape), generator=generator, device=where, dtype=dtype)
+    return z if device is None else z.to(device)
+
+
+class SigmaLoss(Protocol):
+    """What `multires_loss` needs from a loss: the training sigma distribution and its weight."""
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor: ...
+
+    def weight(self, sigma: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class VPLoss:
+    """Variance preserving (Song et al. 2021): t ~ U[epsilon_t, 1], sigma = sigma_VP(t), weight 1/sigma^2."""
+
+    beta_d: float = 19.9
+    beta_min: float = 0.1
+    epsilon_t: float = 1e-5
+
+    def sigma(self, t: Tensor) -> Tensor:
+        # EDM Table 1 (VP): sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)
+        return torch.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t).sqrt()
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+        # EDM Table 1 (VP): t ~ U(epsilon_t, 1)
+        t = 1 + _rand(n, generator, device) * (self.epsilon_t - 1)
+        return self.sigma(t)
+
+    def weight(self, sigma: Tensor) -> Tensor:
+        # EDM Table 1 (VP): lambda(sigma) = 1 / sigma^2
+        return 1 / sigma**2
+
+
+@dataclass(frozen=True)
+class VELoss:
+    """Variance exploding (Song et al. 2021): ln sigma ~ U[ln sigma_min, ln sigma_max], weight 1/sigma^2."""
+
+    sigma_min: float = 0.02
+    sigma_max: float = 100.0
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+        # EDM Table 1 (VE): sigma = sigma_min (sigma_max / sigma_min)^u, u ~ U[0, 1)
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** _rand(n, generator, device)
+
+    def weight(self, sigma: Tensor) -> Tensor:
+        # EDM Table 1 (VE): lambda(sigma) = 1 / sigma^2
+        return 1 / sigma**2
+
+
+@dataclass(frozen=True)
+class EDMLoss:
+    """EDM (Karras et al. 2022): ln sigma ~ N(P_mean, P_std^2), weight (sigma^2 + sigma_data^2) / (sigma sigma_data)^2."""
+
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    sigma_data: float = 0.5
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+        # EDM Table 1 (ours): ln(sigma) ~ N(P_mean, P_std^2)
+        return (_randn((n,), generator, device, torch.float32) * self.P_std + self.P_mean).exp()
+
+    def weight(self, sigma: Tensor) -> Tensor:
+        # EDM Table 1 (ours): lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2
+        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+
+
+LOSSES: dict[str, type] = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss}
+
+
+def make_loss(name: str) -> SigmaLoss:
+    """The loss named "vp", "ve" or "edm", with EDM's default hyper-parameters."""
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
+    return LOSSES[name]()
+
+
+@dataclass(frozen=True)
+class LevelNoise:
+    """One level's random draws for a batch: the noise level and unit noise of the sample,
+    and (above level 0) those of the condition, drawn at the level below."""
+
+    sigma: Tensor
+    eps: Tensor
+    sigma_c: Tensor | None = None
+    eps_c: Tensor | None = None
+
+    def rows(self, start: int, stop: int) -> "LevelNoise":
+        """The draws of samples start..stop-1 (a process's share of a global batch)."""
+        cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
+        return LevelNoise(cut(self.sigma), cut(self.eps), cut(self.sigma_c), cut(self.eps_c))
+
+
+def check_level_ids(cascade_levels: Sequence[Level], levels: Sequence[int] | None) -> list[int]:
+    """Level indices to train, ascending; all of them when `levels` is None."""
+    n = len(cascade_levels)
+    if levels is None:
+        return list(range(n))
+    ids = [int(i) for i in levels]
+    if not ids or any(not 0 <= i < n for i in ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"levels must be distinct indices in [0, {n}), got {list(levels)!r}")
+    return sorted(ids)
+
+
+def draw_multires_noise(
+    cascade_levels: Sequence[Level],
+    batch: int,
+    loss_fn: SigmaLoss,
+    *,
+    generator: torch.Generator | None = None,
+    levels: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict[int, LevelNoise]:
+    """Every random draw of `multires_loss` for a batch, level by level in ascending order,
+    each level in the order sigma, eps, sigma_c, eps_c (the condition's only above level 0)."""
+    draws = {}
+    for i in check_level_ids(cascade_levels, levels):
+        sigma = loss_fn.sample_sigma(batch, generator, device).to(dtype)
+        eps = _randn((batch, *cascade_levels[i].shape), generator, device, dtype)
+        sigma_c = eps_c = None
+        if i > 0:
+            sigma_c = loss_fn.sample_sigma(batch, generator, device).to(dtype)
+            eps_c = _randn((batch, *cascade_levels[i - 1].shape), generator, device, dtype)
+        draws[i] = LevelNoise(sigma, eps, sigma_c, eps_c)
+    return draws
+
+
+def multires_loss(
+    model: ResolutionCascade,
+    x0: Tensor,
+    loss_fn: SigmaLoss,
+    *,
+    class_labels: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    levels: Sequence[int] | None = None,
+    noise: dict[int, LevelNoise] | None = None,
+) -> tuple[Tensor, dict[int, Tensor]]:
+    """LowDiff's training loss (Alg. 1): the backbone's weighted denoising loss at every level,
+    summed. Returns (total, {level: that level's loss, detached}).
+
+    x0 [B, C, H, W] is a clean batch at the top level's size. Level i trains on
+    y_i = downsample(x0); above level 0 it is conditioned on the level below, noised with an
+    independently drawn sigma_c and nearest-upsampled. Each level's loss is EDM's: per-element
+    weighted squared error summed over the sample, averaged over the batch. Randomness comes
+    from `generator` (see `draw_multires_noise` for the order), or from `noise` drawn ahead.
+    """
+    if not isinstance(model, ResolutionCascade):
+        raise TypeError(f"model must implement ResolutionCascade (levels + denoise), got {type(model).__name__}")
+    top = model.levels[-1]
+    if not isinstance(x0, Tensor) or x0.ndim != 4 or tuple(x0.shape[1:]) != top.shape:
+        got = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
+        raise ValueError(f"x0 must be a batch [B, {top.channels}, {top.size[0]}, {top.size[1]}] at the top level, got {got}")
+    ids = check_level_ids(model.levels, levels)
+    if noise is None:
+        noise = draw_multires_noise(model.levels, x0.shape[0], loss_fn, generator=generator, levels=ids, device=x0.device, dtype=x0.dtype)
+    elif sorted(noise) != ids or any(z.sigma.shape[0] != x0.shape[0] for z in noise.values()):
+        sizes = {i: z.sigma.shape[0] for i, z in noise.items()}
+        raise ValueError(f"noise must hold batches of {x0.shape[0]} for levels {ids}, got batch sizes {sizes}")
+    extra = {} if class_labels is None else {"class_labels": class_labels}
+
+    total = x0.new_zeros((), dtype=torch.float32)
+    per_level: dict[int, Tensor] = {}
+    for i in ids:
+        z = noise[i]
+        size = model.levels[i].size
+        y = downsample(x0, size)
+        n = z.sigma.view(-1, 1, 1, 1) * z.eps
+        cond = cond_sigma = None
+        if i > 0:
+            # LowDiff Alg. 1: c = U(D(x0, r_{i-1}) + sigma_c eps_c, r_i)
+            low = downsample(x0, model.levels[i - 1].size)
+            cond = upsample(low + z.sigma_c.view(-1, 1, 1, 1) * z.eps_c, size, "nearest")
+            cond_sigma = z.sigma_c
+        D_yn = model.denoise(y + n, z.sigma, level=i, cond=cond, cond_sigma=cond_sigma, **extra)
+        weight = loss_fn.weight(z.sigma.float()).view(-1, 1, 1, 1)
+        # EDM Eq. 2 / loss.py: lambda(sigma) ||D(y + n; sigma) - y||^2, summed over the sample
+        loss = (weight * (D_yn.float() - y.float()) ** 2).sum(dim=(1, 2, 3)).mean()
+        per_level[i] = loss.detach()
+        total = total + loss
+    return total, per_level
+

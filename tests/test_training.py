@@ -1,0 +1,493 @@
+"""Training: EDM's losses per level (LowDiff Alg. 1), EDM-format datasets, and the loop's
+promises (losses fall, multi-process equals one process, exact resume, atomic checkpoints,
+Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lowdiff_sched.protocol import Level
+from lowdiff_sched.resample import downsample, upsample
+from lowdiff_sched.training import (
+    EDMLoss,
+    ImageDataset,
+    TrainConfig,
+    VELoss,
+    VPLoss,
+    draw_multires_noise,
+    latest_checkpoint,
+    load_checkpoint,
+    multires_loss,
+    one_hot,
+    train,
+)
+from lowdiff_sched.training.checkpoint import list_checkpoints
+from lowdiff_sched.training.config import resume_conflicts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- a tiny trainable cascade and a tiny dataset --------------------------------------------------
+
+
+class TinyCascade(nn.Module):
+    """Levels 4x4 and 8x8, one channel; per level a 3-layer conv net behind EDM's
+    preconditioning, fed the noisy image, the condition, both noise levels and the label."""
+
+    def __init__(self, sizes=(4, 8), channels: int = 1, label_dim: int = 2, width: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        self.levels = tuple(Level((s, s), channels) for s in sizes)
+        self.sigma_data = 0.5
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            inputs = 2 * channels + 3
+            self.nets = nn.ModuleList(
+                nn.Sequential(
+                    nn.Conv2d(inputs, width, 3, padding=1), nn.SiLU(),
+                    nn.Conv2d(width, width, 3, padding=1), nn.SiLU(),
+                    nn.Conv2d(width, channels, 3, padding=1),
+                )
+                for _ in sizes
+            )
+            self.label = nn.Linear(max(label_dim, 1), 1)
+
+    def denoise(self, x, sigma, *, level, cond=None, cond_sigma=None, class_labels=None):
+        sd = self.sigma_data
+        s = sigma.to(x.dtype).view(-1, 1, 1, 1)
+        c_skip, c_out, c_in = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt(), 1 / (s**2 + sd**2).sqrt()
+        c = torch.zeros_like(x) if cond is None else cond
+        cs = torch.zeros_like(s) if cond_sigma is None else cond_sigma.to(x.dtype).view(-1, 1, 1, 1)
+        lab = torch.zeros_like(s) if class_labels is None else self.label(class_labels).view(-1, 1, 1, 1)
+        plane = lambda v: v.expand(-1, 1, *x.shape[-2:])  # noqa: E731
+        h = torch.cat([c_in * x, c / (cs**2 + sd**2).sqrt(), plane(s.log() / 4), plane((cs + 1e-3).log() / 4), plane(lab)], dim=1)
+        return c_skip * x + c_out * self.nets[level](h)
+
+
+class InterruptingCascade(TinyCascade):
+    """Calls `interrupt()` on its `at_call`-th denoise call (counting from 0)."""
+
+    def __init__(self, at_call: int, interrupt, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.at_call, self.interrupt, self.calls = at_call, interrupt, 0
+
+    def denoise(self, x, sigma, **kw):
+        if self.calls == self.at_call:
+            self.interrupt()
+        self.calls += 1
+        return super().denoise(x, sigma, **kw)
+
+
+def make_images(n: int = 24, size: int = 8, seed: int = 0) -> list[tuple[np.ndarray, int]]:
+    """Smooth 1-channel ramps: label 0 vertical, label 1 horizontal, random phase and contrast."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        label = k % 2
+        ramp = np.linspace(-1, 1, size)
+        img = ramp[:, None] * np.ones(size) if label == 0 else np.ones(size)[:, None] * ramp
+        img = rng.uniform(0.4, 1.0) * img * rng.choice([-1, 1]) + rng.uniform(-0.2, 0.2)
+        out.append((np.clip((img + 1) * 127.5, 0, 255).round().astype(np.uint8), label))
+    return out
+
+
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def write_edm_folder(root: Path, images, labels: bool = True) -> Path:
+    """EDM dataset_tool's layout: 00000/img00000000.png ... and a root dataset.json."""
+    entries = []
+    for k, (pixels, label) in enumerate(images):
+        name = f"{k // 1000:05d}/img{k:08d}.png"
+        write_png(root / name, pixels)
+        entries.append([name, label])
+    if labels:
+        (root / "dataset.json").write_text(json.dumps({"labels": entries}))
+    return root
+
+
+def zip_folder(folder: Path, dest: Path) -> Path:
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_STORED) as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(folder).as_posix())
+    return dest
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny nets gain nothing from threads, and on a busy 2-core machine two threads
+    spin against other work (7x slower seen); the gloo workers use one thread too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    return write_edm_folder(tmp_path_factory.mktemp("data") / "ramps", make_images())
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(steps=6, batch=8, lr=2e-3, ema_halflife_kimg=0.05, checkpoint_every=0, seed=3, label_dim=2, log_every=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def params(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def no_temp_files(folder: Path) -> bool:
+    return not [p.name for p in folder.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
+
+
+# -- losses -----------------------------------------------------------------------------------------
+
+
+def test_weights_and_vp_sigma_match_edm_formulas_in_float64():
+    sigma = torch.logspace(-3, 2.5, 50, dtype=torch.float64)
+    for loss in (VPLoss(), VELoss()):
+        torch.testing.assert_close(loss.weight(sigma), 1 / sigma**2, rtol=1e-15, atol=0)
+    sd = 0.5
+    torch.testing.assert_close(EDMLoss().weight(sigma), (sigma**2 + sd**2) / (sigma * sd) ** 2, rtol=1e-15, atol=0)
+    t = torch.linspace(1e-5, 1, 50, dtype=torch.float64)
+    expected = torch.tensor([math.sqrt(math.expm1(0.5 * 19.9 * v**2 + 0.1 * v)) for v in t.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(VPLoss().sigma(t), expected, rtol=1e-12, atol=0)
+
+
+def test_sigma_distributions_follow_edm():
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    ln_edm = EDMLoss().sample_sigma(n, g).log()
+    assert abs(ln_edm.mean().item() + 1.2) < 0.03 and abs(ln_edm.std().item() - 1.2) < 0.03
+    ln_ve = VELoss().sample_sigma(n, g).log()
+    lo, hi = math.log(0.02), math.log(100)
+    assert ln_ve.min() >= lo - 1e-5 and ln_ve.max() <= hi + 1e-5
+    assert abs(ln_ve.mean().item() - (lo + hi) / 2) < 0.05 and abs(ln_ve.std().item() - (hi - lo) / math.sqrt(12)) < 0.05
+    vp = VPLoss()
+    s_vp = vp.sample_sigma(n, g)
+    s_lo, s_mid, s_hi = vp.sigma(torch.tensor([1e-5, 0.5 + 0.5e-5, 1.0])).tolist()
+    assert s_vp.min() >= s_lo * 0.999 and s_vp.max() <= s_hi * 1.001
+    assert abs((s_vp < s_mid).float().mean().item() - 0.5) < 0.01  # t uniform: sigma(t)'s median is sigma(t_mid)
+
+
+class RecordingCascade:
+    """Three levels 2/4/8, two channels; D = 0.5 x + 0.1 cond; records every call."""
+
+    def __init__(self):
+        self.levels = tuple(Level((s, s), 2) for s in (2, 4, 8))
+        self.calls = []
+
+    def denoise(self, x, sigma, *, level, cond=None, cond_sigma=None, **extra):
+        self.calls.append(dict(level=level, x=x, sigma=sigma, cond=cond, cond_sigma=cond_sigma, **extra))
+        return 0.5 * x + (0 if cond is None else 0.1 * cond)
+
+
+@pytest.mark.parametrize("loss_fn", [EDMLoss(), VPLoss(), VELoss()], ids=["edm", "vp", "ve"])
+def test_multires_loss_builds_alg1_conditions_and_edm_loss(loss_fn):
+    model = RecordingCascade()
+    b = 5
+    x0 = torch.randn(b, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = one_hot(torch.tensor([0, 1, 2, 0, 1]), 3)
+    total, per_level = multires_loss(model, x0, loss_fn, class_labels=labels, generator=torch.Generator().manual_seed(7))
+
+    # Recompute the generator's draws independently, in the documented order.
+    g = torch.Generator().manual_seed(7)
+    expected_total = 0.0
+    for i, call in enumerate(model.calls):
+        size = model.levels[i].size
+        sigma = loss_fn.sample_sigma(b, g)
+        eps = torch.randn(b, 2, *size, generator=g)
+        y = downsample(x0, size)
+        assert call["level"] == i and torch.equal(call["sigma"], sigma)
+        torch.testing.assert_close(call["x"], y + sigma.view(-1, 1, 1, 1) * eps)
+        assert torch.equal(call["class_labels"], labels)
+        if i == 0:
+            assert call["cond"] is None and call["cond_sigma"] is None
+            cond = 0
+        else:
+            sigma_c = loss_fn.sample_sigma(b, g)
+            eps_c = torch.randn(b, 2, *model.levels[i - 1].size, generator=g)
+            cond = upsample(downsample(x0, model.levels[i - 1].size) + sigma_c.view(-1, 1, 1, 1) * eps_c, size, "nearest")
+            assert torch.equal(call["cond_sigma"], sigma_c)
+            assert not torch.allclose(sigma_c, sigma)  # drawn independently, not reused
+            torch.testing.assert_close(call["cond"], cond)
+        d = (0.5 * call["x"] + 0.1 * cond).double()
+        level_loss = (loss_fn.weight(sigma.double()).view(-1, 1, 1, 1) * (d - y.double()) ** 2).sum(dim=(1, 2, 3)).mean()
+        torch.testing.assert_close(per_level[i].double(), level_loss, rtol=1e-5, atol=0)
+        expected_total += level_loss.item()
+    assert len(model.calls) == 3
+    assert math.isclose(total.item(), expected_total, rel_tol=1e-5)
+
+
+def test_condition_noise_is_independent_of_sample_noise():
+    levels = [Level((4, 4), 1), Level((8, 8), 1)]
+    draws = draw_multires_noise(levels, 20_000, EDMLoss(), generator=torch.Generator().manual_seed(0))
+    ln = torch.stack([draws[1].sigma.log(), draws[1].sigma_c.log()])
+    assert abs(torch.corrcoef(ln)[0, 1].item()) < 0.03
+    assert draws[0].sigma_c is None and draws[1].eps_c.shape == (20_000, 1, 4, 4)
+
+
+def test_multires_loss_rejects_bad_inputs():
+    model = RecordingCascade()
+    with pytest.raises(ValueError, match="x0"):
+        multires_loss(model, torch.zeros(2, 2, 4, 4), EDMLoss())
+    with pytest.raises(ValueError, match="levels"):
+        multires_loss(model, torch.zeros(2, 2, 8, 8), EDMLoss(), levels=[0, 3])
+    total, per_level = multires_loss(model, torch.zeros(2, 2, 8, 8), EDMLoss(), levels=[2])
+    assert list(per_level) == [2] and [c["level"] for c in model.calls] == [2]
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+
+def test_folder_and_zip_load_identically(dataset_dir, tmp_path):
+    folder = ImageDataset(dataset_dir)
+    zipped = ImageDataset(zip_folder(dataset_dir, tmp_path / "ramps.zip"))
+    assert len(folder) == len(zipped) == 24 and folder.names == zipped.names
+    assert folder.shape == (1, 8, 8) and folder.label_dim == 2 and folder.has_labels
+    for k in range(len(folder)):
+        (a, la), (b, lb) = folder[k], zipped[k]
+        assert torch.equal(a, b) and la == lb == k % 2
+    image, _ = folder[0]
+    assert image.dtype == torch.float32 and image.min() >= -1 and image.max() <= 1
+    pixels, _ = make_images()[0]
+    torch.testing.assert_close(image[0], torch.from_numpy(pixels).float() / 127.5 - 1)
+
+
+def test_plain_folder_without_labels(tmp_path):
+    for k, (pixels, _) in enumerate(make_images(3)):
+        write_png(tmp_path / "a" / f"x{k}.png", np.stack([pixels] * 3, axis=-1))
+    ds = ImageDataset(tmp_path / "a")
+    assert not ds.has_labels and ds.label_dim == 0 and ds.shape == (3, 8, 8) and ds[2][1] == -1
+    (tmp_path / "b").mkdir()
+    write_png(tmp_path / "b" / "x.png", make_images(1)[0][0])
+    (tmp_path / "b" / "dataset.json").write_text(json.dumps({"labels": None}))
+    assert not ImageDataset(tmp_path / "b").has_labels
+
+
+def test_dataset_errors_name_the_offending_files(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        ImageDataset(tmp_path / "nowhere")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("hi")
+    with pytest.raises(ValueError, match="no image files"):
+        ImageDataset(tmp_path / "empty")
+
+    write_png(tmp_path / "sizes" / "a.png", np.zeros((8, 8), np.uint8))
+    write_png(tmp_path / "sizes" / "b.png", np.zeros((16, 16), np.uint8))
+    with pytest.raises(ValueError, match=r"'a\.png'.*'b\.png'"):
+        ImageDataset(tmp_path / "sizes")
+    write_png(tmp_path / "chans" / "a.png", np.zeros((8, 8), np.uint8))
+    write_png(tmp_path / "chans" / "c.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"'a\.png' is 8x8 with 1 channel, 'c\.png' is 8x8 with 3 channels"):
+        ImageDataset(tmp_path / "chans")
+
+    write_edm_folder(tmp_path / "labels", make_images(2), labels=False)
+    bad = tmp_path / "labels" / "dataset.json"
+    bad.write_text(json.dumps({"labels": [["00000/img00000000.png", 0], ["00000/img00000001.png", 1], ["00000/gone.png", 1]]}))
+    with pytest.raises(ValueError, match=r"gone\.png"):
+        ImageDataset(tmp_path / "labels")
+    bad.write_text(json.dumps({"labels": [["00000/img00000000.png", 0]]}))
+    with pytest.raises(ValueError, match=r"no label for '00000/img00000001\.png'"):
+        ImageDataset(tmp_path / "labels")
+    bad.write_text(json.dumps({"labels": [["00000/img00000000.png", 0], ["00000/img00000001.png", "cat"]]}))
+    with pytest.raises(ValueError, match="class id"):
+        ImageDataset(tmp_path / "labels")
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="dataset.json"):
+        ImageDataset(tmp_path / "labels")
+    with pytest.raises(ValueError, match="class ids"):
+        one_hot(torch.tensor([0, 2]), 2)
+
+
+# -- config ---------------------------------------------------------------------------------------------
+
+
+def test_config_is_json_data_and_validated():
+    cfg = config(levels=[1], grad_clip=1.0, mixed_precision="bf16")
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    for bad in (dict(loss="flow"), dict(batch=0), dict(mixed_precision="fp16"), dict(lr=0), dict(grad_clip=-1.0), dict(levels=[])):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            config(**bad)
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({**cfg.to_dict(), "epochs": 3})
+    assert resume_conflicts(cfg.to_dict(), config(levels=[1], grad_clip=1.0, mixed_precision="bf16", steps=99)) == []
+    assert resume_conflicts(cfg.to_dict(), config(levels=[1], grad_clip=1.0, mixed_precision="bf16", seed=4)) == ["seed"]
+
+
+# -- the loop -------------------------------------------------------------------------------------------
+
+
+def test_per_level_losses_go_down(dataset_dir, tmp_path):
+    train(TinyCascade(seed=0), ImageDataset(dataset_dir), config(steps=80, batch=32, lr=1e-2), tmp_path, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 81))
+    for level in ("0", "1"):
+        first = np.mean([r["levels"][level] for r in log[:8]])
+        last = np.mean([r["levels"][level] for r in log[-8:]])
+        assert last < 0.75 * first, (level, first, last)  # ~0.3-0.5 seen across seeds
+
+
+def test_resume_continues_bit_for_bit(dataset_dir, tmp_path):
+    data = ImageDataset(dataset_dir)
+    whole = train(TinyCascade(seed=0), data, config(steps=8), tmp_path / "whole", progress=False)
+    train(TinyCascade(seed=0), data, config(steps=4, checkpoint_every=4), tmp_path / "split", progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "split")] == [4]
+    with open(tmp_path / "split" / "log.jsonl", "a") as f:  # as if a run had died after logging step 5
+        f.write(json.dumps({"step": 5, "loss": -1.0, "levels": {}}) + "\n")
+    resumed = train(TinyCascade(seed=99), data, config(steps=8, checkpoint_every=4), tmp_path / "split", progress=False)
+    assert_same(params(resumed), params(whole))
+    assert (tmp_path / "split" / "log.jsonl").read_text() == (tmp_path / "whole" / "log.jsonl").read_text()
+    a, b = load_checkpoint(latest_checkpoint(tmp_path / "whole")), load_checkpoint(latest_checkpoint(tmp_path / "split"))
+    assert a["step"] == b["step"] == 8
+    assert_same(a["ema"], b["ema"])
+    assert_same(a["model"], b["model"])
+    assert not all(torch.equal(a["ema"][k], a["model"][k]) for k in a["model"])  # the EMA is an average, not a copy
+    assert a["config"] == config(steps=8).to_dict() and a["images_seen"] == 64
+
+
+def test_resume_refuses_a_changed_config(dataset_dir, tmp_path):
+    data = ImageDataset(dataset_dir)
+    train(TinyCascade(), data, config(steps=2), tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"seed: 3 -> 4"):
+        train(TinyCascade(), data, config(steps=4, seed=4), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(TinyCascade(), data, config(steps=4), tmp_path, progress=False, resume=False)
+
+
+def test_checkpoints_load_with_weights_only_and_hold_the_state(dataset_dir, tmp_path):
+    rng = torch.get_rng_state()
+    model = train(TinyCascade(), ImageDataset(dataset_dir), config(steps=3, grad_clip=0.5, lr_rampup_kimg=0.01), tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint-00000003.pt", weights_only=True)
+    assert {"model", "ema", "optimizer", "step", "images_seen", "config", "world_size"} <= set(state)
+    assert_same(state["model"], params(model))
+    assert json.loads((tmp_path / "train_config.json").read_text()) == state["config"]
+    assert torch.equal(torch.get_rng_state(), rng)  # the per-step reseeding stays inside train
+
+
+@pytest.mark.parametrize("target", ["torch.save", "os.replace"])
+def test_crash_while_saving_keeps_the_previous_checkpoint(dataset_dir, tmp_path, monkeypatch, target):
+    real_save, real_replace, saves = torch.save, os.replace, []
+
+    def crashing_save(obj, f, *a, **kw):
+        saves.append(f)
+        if len(saves) == 2:
+            f.write(b"half a checkpoint") if hasattr(f, "write") else Path(f).write_bytes(b"half a checkpoint")
+            raise OSError("disk full")
+        return real_save(obj, f, *a, **kw)
+
+    def crashing_replace(src, dst):
+        if "checkpoint-" in str(dst):
+            saves.append(dst)
+            if len(saves) == 2:
+                raise OSError("power cut")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(torch, "save", crashing_save) if target == "torch.save" else monkeypatch.setattr(os, "replace", crashing_replace)
+    with pytest.raises(OSError):
+        train(TinyCascade(), ImageDataset(dataset_dir), config(steps=4, checkpoint_every=2, keep_checkpoints=1), tmp_path, progress=False)
+    monkeypatch.undo()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+    assert load_checkpoint(tmp_path / "checkpoint-00000002.pt")["step"] == 2
+    assert no_temp_files(tmp_path)
+
+
+def test_keyboard_interrupt_inside_a_step_saves_the_last_completed_step(dataset_dir, tmp_path):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    model = InterruptingCascade(at_call=3 * 2, interrupt=interrupt)  # 2 levels: the first call of step 3
+    with pytest.raises(KeyboardInterrupt):
+        train(model, ImageDataset(dataset_dir), config(steps=10, checkpoint_every=2), tmp_path, progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
+    state = load_checkpoint(latest_checkpoint(tmp_path))
+    assert state["step"] == 3
+    assert_same(state["model"], params(model))  # the interrupted step changed nothing
+    assert no_temp_files(tmp_path)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_sigint_finishes_the_step_then_saves(dataset_dir, tmp_path):
+    model = InterruptingCascade(at_call=3 * 2 + 1, interrupt=lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        train(model, ImageDataset(dataset_dir), config(steps=10), tmp_path, progress=False)
+    state = load_checkpoint(latest_checkpoint(tmp_path))
+    assert state["step"] == 4  # step 3 (0-based) ran to the end before stopping
+    reference = train(TinyCascade(), ImageDataset(dataset_dir), config(steps=4), tmp_path / "ref", progress=False)
+    assert_same(state["model"], params(reference))
+
+
+def test_bf16_autocast_trains(dataset_dir, tmp_path):
+    train(TinyCascade(), ImageDataset(dataset_dir), config(steps=2, mixed_precision="bf16"), tmp_path, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in log)
+
+
+# -- two processes over gloo --------------------------------------------------------------------------
+
+WORKER = """
+import os
+import sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_training import TinyCascade, config
+from lowdiff_sched.training import ImageDataset, train
+
+out, data = sys.argv[1], sys.argv[2]
+rank = int(os.environ["RANK"])
+model = TinyCascade(seed=1 + rank)  # rank 0's weights must win the initial broadcast
+model = train(model, ImageDataset(data), config(steps=5, batch=8), out, progress=False)
+torch.save(model.state_dict(), f"{{out}}/rank{{rank}}.pt")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(dataset_dir, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=str(Path(__file__).parent)))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script), str(out), str(dataset_dir)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = torch.load(out / "rank0.pt", weights_only=True), torch.load(out / "rank1.pt", weights_only=True)
+    assert_same(rank0, rank1)
+
+    single = train(TinyCascade(seed=1), ImageDataset(dataset_dir), config(steps=5, batch=8), tmp_path / "single", progress=False)
+    for k, v in params(single).items():
+        torch.testing.assert_close(rank0[k], v, rtol=1e-5, atol=2e-6, msg=k)  # ~1e-7 seen
+    assert not torch.allclose(params(single)["nets.0.0.weight"], params(TinyCascade(seed=1))["nets.0.0.weight"])
+    ckpt = load_checkpoint(latest_checkpoint(out))
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 5
+    torch.testing.assert_close(ckpt["ema"], load_checkpoint(latest_checkpoint(tmp_path / "single"))["ema"], rtol=1e-5, atol=2e-6)
