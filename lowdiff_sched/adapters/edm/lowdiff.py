@@ -1,0 +1,243 @@
+"""LowDiff's unified multi-resolution model retrofitted onto an EDM SongUNet.
+
+`LowDiffUNet.from_edm(net, levels=(8, 16, 32))` keeps every weight of the precond network
+`net` and adds, per level, what LowDiff (Sec. 3.2) adds: an input conv taking the image and
+the upsampled condition, an output head, a one-hot level embedding and a cond-sigma
+embedding, both added to the noise embedding. A level-r forward runs only the encoder from
+r's resolution down and the decoder back up to it. Every new weight that touches the top
+level starts at zero, so right after the retrofit the top level is the original network.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ...kernels import upsample_concat
+from ...protocol import Level
+
+def _res_of(name: str) -> int:
+    """'16x16_block0' -> 16."""
+    return int(name.split("x", 1)[0])
+
+
+def _silu(x: Tensor) -> Tensor:
+    return torch.nn.functional.silu(x)
+
+
+class LowDiffUNet(nn.Module):
+    """A retrofitted EDM precond network implementing `ResolutionCascade`.
+
+    Parameters of the original network keep their names under `net.`; new ones live in
+    `in_convs`, `heads`, `level_embed` and `cond_sigma_embed`.
+    """
+
+    def __init__(
+        self, net: nn.Module, levels: Sequence[int], cond: str = "nearest", embed_cond_sigma: bool = True
+    ) -> None:
+        super().__init__()
+        from .networks import Conv2d, GroupNorm, Linear
+
+        unet = getattr(net, "model", None)
+        if unet is None or type(unet).__name__ != "SongUNet":
+            raise ValueError(f"from_edm needs an EDM precond network around a SongUNet, got {type(net).__name__}")
+        img_res, channels = int(net.img_resolution), int(net.img_channels)
+        levels = tuple(int(r) for r in levels)
+        depths = {img_res >> d: d for d in range(len(self._depth_channels(unet)))}
+        if not levels or list(levels) != sorted(set(levels)) or levels[-1] != img_res:
+            raise ValueError(f"levels must increase and end at the network's resolution {img_res}, got {levels}")
+        for r in levels:
+            if r not in depths:
+                raise ValueError(f"level {r} is not one of the UNet's resolutions {sorted(depths)}")
+        if cond not in ("nearest", "bilinear"):
+            raise ValueError(f"cond must be 'nearest' or 'bilinear', got {cond!r}")
+        self.net = net
+        self.level_sizes = levels
+        self.depths = tuple(depths[r] for r in levels)
+        self.cond_mode = cond
+        self.embed_cond_sigma = embed_cond_sigma
+        self.levels = tuple(Level((r, r), channels) for r in levels)
+
+        widths = self._depth_channels(unet)  # channels entering each depth's first block
+        noise_channels = unet.map_layer0.in_features
+        init = dict(init_mode="xavier_uniform")
+        self.in_convs = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        for i, d in enumerate(self.depths):
+            cond_ch = 0 if i == 0 else channels
+            if d == 0:
+                # the top level keeps the original input conv; the condition enters through
+                # a conv that starts at zero (no bias), so the sum is the original at first
+                conv = Conv2d(in_channels=cond_ch, out_channels=widths[0], kernel=3, bias=False, **init) if cond_ch else None
+                if conv is not None:
+                    nn.init.zeros_(conv.weight)
+                self.in_convs.append(conv if conv is not None else nn.Identity())
+                self.heads.append(nn.Identity())
+            else:
+                self.in_convs.append(Conv2d(in_channels=channels + cond_ch, out_channels=widths[d], kernel=3, **init))
+                out_width = self._decoder_width(unet, img_res >> d)
+                self.heads.append(nn.ModuleDict({
+                    "norm": GroupNorm(num_channels=out_width, eps=1e-6),
+                    "conv": Conv2d(in_channels=out_width, out_channels=channels, kernel=3, init_mode="xavier_uniform", init_weight=1e-5),
+                }))
+        self.level_embed = nn.Linear(len(levels), noise_channels, bias=False)
+        nn.init.zeros_(self.level_embed.weight)
+        self.cond_sigma_embed = nn.Linear(noise_channels, noise_channels, bias=False) if embed_cond_sigma else None
+        if self.cond_sigma_embed is not None:
+            nn.init.zeros_(self.cond_sigma_embed.weight)
+
+    @classmethod
+    def from_edm(
+        cls, net: nn.Module, levels: Sequence[int] = (8, 16, 32), cond: str = "nearest", embed_cond_sigma: bool = True
+    ) -> "LowDiffUNet":
+        """Wrap a loaded EDM precond network (VPPrecond/VEPrecond/EDMPrecond around a SongUNet)."""
+        return cls(net, levels, cond, embed_cond_sigma)
+
+    # ---- structure ----------------------------------------------------------------
+    @staticmethod
+    def _depth_channels(unet: nn.Module) -> list[int]:
+        """Per depth, the channel count a depth's first encoder block takes in."""
+        widths = []
+        for name, block in unet.enc.items():
+            if name.split("_", 1)[1] in ("conv", "down"):  # not the aux path's aux_down
+                widths.append(int(block.out_channels))
+        return widths
+
+    @staticmethod
+    def _decoder_width(unet: nn.Module, res: int) -> int:
+        """Channels leaving the decoder's last block at resolution `res`."""
+        last = [b for n, b in unet.dec.items() if _res_of(n) == res and "_block" in n][-1]
+        return int(last.out_channels)
+
+    @property
+    def parameter_overhead(self) -> int:
+        """Parameters added by the retrofit."""
+        return sum(p.numel() for p in self.parameters()) - sum(p.numel() for p in self.net.parameters())
+
+    # ---- forward ------------------------------------------------------------------
+    def _embedding(self, unet: nn.Module, c_noise: Tensor, level: int, class_labels: Tensor | None,
+                   c_noise_cond: Tensor | None, augment_labels: Tensor | None) -> Tensor:
+        def noise_embedding(c: Tensor) -> Tensor:
+            emb = unet.map_noise(c)
+            return emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(*emb.shape)  # EDM swaps sin/cos
+
+        emb = noise_embedding(c_noise)
+        one_hot = torch.zeros(1, len(self.levels), dtype=emb.dtype, device=emb.device)
+        one_hot[0, level] = 1
+        emb = emb + self.level_embed(one_hot)
+        if self.cond_sigma_embed is not None and c_noise_cond is not None:
+            emb = emb + self.cond_sigma_embed(noise_embedding(c_noise_cond))
+        if unet.map_label is not None:
+            labels = class_labels
+            if self.training and unet.label_dropout:
+                keep = torch.rand([labels.shape[0], 1], device=labels.device) >= unet.label_dropout
+                labels = labels * keep.to(labels.dtype)
+            emb = emb + unet.map_label(labels * math.sqrt(unet.map_label.in_features))
+        if unet.map_augment is not None and augment_labels is not None:
+            emb = emb + unet.map_augment(augment_labels)
+        return _silu(unet.map_layer1(_silu(unet.map_layer0(emb))))
+
+    def _unet(self, inp: Tensor, channels: int, level: int, emb: Tensor) -> Tensor:
+        """SongUNet's encoder/decoder walk, entered and left at this level's resolution."""
+        from .networks import UNetBlock
+
+        unet = self.net.model
+        depth, res = self.depths[level], self.level_sizes[level]
+        image = inp[:, :channels]
+        if depth == 0:
+            x = unet.enc[f"{res}x{res}_conv"](image)
+            if inp.shape[1] > channels:
+                x = x + self.in_convs[level](inp[:, channels:])
+            aux = image
+        else:
+            x = self.in_convs[level](inp)
+            # a skip encoder's aux path carries the image, a residual encoder's the features
+            aux = image if any("aux_skip" in name for name in unet.enc) else x
+        skips = [x]
+        for name, block in unet.enc.items():
+            r = _res_of(name)
+            if r > res or (r == res and not name.split("_", 1)[1].startswith("block")):
+                continue  # above this level, or the way into it, which the level's input conv replaces
+            if "aux_down" in name:
+                aux = block(aux)
+            elif "aux_skip" in name:
+                x = skips[-1] = x + block(aux)
+            elif "aux_residual" in name:
+                x = skips[-1] = aux = (x + block(aux)) / math.sqrt(2)
+            else:
+                x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
+                skips.append(x)
+        out = tmp = None
+        for name, block in unet.dec.items():  # deepest resolution first
+            if _res_of(name) > res:
+                break
+            if "aux_up" in name:
+                out = block(out)
+            elif "aux_norm" in name:
+                tmp = block(x)
+            elif "aux_conv" in name:
+                tmp = block(_silu(tmp))
+                out = tmp if out is None else tmp + out
+            else:
+                if x.shape[1] != block.in_channels:
+                    x = torch.cat([x, skips.pop()], dim=1)
+                x = block(x, emb)
+        if depth > 0:
+            head = self.heads[level]
+            y = head["conv"](_silu(head["norm"](x)))
+            out = y if out is None else out + y
+        return out
+
+    def denoise(
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        *,
+        level: int,
+        cond: Tensor | None = None,
+        cond_sigma: Tensor | float | None = None,
+        class_labels: Tensor | None = None,
+        augment_labels: Tensor | None = None,
+        **extra: Any,
+    ) -> Tensor:
+        """D(x; sigma) at `level` with the backbone's own preconditioning
+        (D = c_skip x + c_out F(c_in x, c_in(sigma_c) cond, c_noise)); float32 out."""
+        n = len(self.levels)
+        if not -n <= level < n:
+            raise ValueError(f"level {level} is outside the model's {n} levels")
+        level %= n
+        lv = self.levels[level]
+        if x.ndim != 4 or tuple(x.shape[1:]) != lv.shape:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, lv.shape))}] at level {level}, got {tuple(x.shape)}")
+        if level == 0 and cond is not None:
+            raise ValueError("level 0 is unconditional: cond must be None")
+        if level > 0 and cond is None:
+            raise ValueError(f"level {level} is conditioned on the level below: cond is required")
+        net = self.net
+        x = x.to(torch.float32)
+        batch = x.shape[0]
+
+        def per_sample(v: Tensor | float | None) -> Tensor:
+            return torch.as_tensor(0.0 if v is None else v, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
+
+        sigma = per_sample(sigma)
+        c_skip, c_out, c_in, c_noise = net.scalings(sigma.view(-1, 1, 1, 1))  # the backbone's own, EDM eq. 7
+        labels = None
+        if net.label_dim:
+            labels = (torch.zeros([batch, net.label_dim], device=x.device) if class_labels is None
+                      else class_labels.to(torch.float32).reshape(-1, net.label_dim))
+        c_in = torch.as_tensor(c_in, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
+        c_noise_cond = None
+        if cond is None:
+            inp = x * c_in.view(-1, 1, 1, 1)
+        else:
+            _, _, c_in_cond, c_noise_cond = net.scalings(per_sample(cond_sigma).view(-1, 1, 1, 1))
+            c_in_cond = torch.as_tensor(c_in_cond, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
+            c_noise_cond = c_noise_cond.flatten()
+            inp = upsample_concat(x, cond.to(torch.float32), mode=self.cond_mode, x_scale=c_in, cond_scale=c_in_cond)
+        emb = self._embedding(net.model, c_noise.flatten(), level, labels, c_noise_cond, augment_labels)
+        F_x = self._unet(inp, lv.channels, level, emb)
+        return c_skip * x + c_out * F_x.to(torch.float32)
