@@ -6,6 +6,7 @@ Each entry builds a ResolutionCascade; adapters register theirs with `register_m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -37,14 +38,26 @@ def model_names() -> list[str]:
 
 
 def model_spec(name: str) -> ModelSpec:
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(_MODELS)}")
-    return _MODELS[name]
+    """A registered model, or a training run folder / checkpoint written by `lowdiff-sched train`."""
+    if name in _MODELS:
+        return _MODELS[name]
+    if Path(name).exists():
+        return ModelSpec(name, f"trained LowDiff model from {name}", _trained_run(name))
+    raise ValueError(f"unknown model {name!r}: neither a registered model ({', '.join(_MODELS)}) nor a training run path")
 
 
 def load_model(name: str, device: str | torch.device = "cpu", **options: Any) -> ResolutionCascade:
-    """Build a registered model on `device`."""
+    """Build a registered model, or load a trained run, on `device`."""
     return model_spec(name).build(device=torch.device(device), **options)
+
+
+def _trained_run(path: str) -> Callable[..., ResolutionCascade]:
+    def build(device: torch.device, **options: Any) -> ResolutionCascade:
+        from .adapters.edm.lowdiff import load_run
+
+        return load_run(path).to(device)
+
+    return build
 
 
 def _gaussian_field(device: torch.device, **options: Any) -> ResolutionCascade:

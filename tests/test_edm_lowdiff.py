@@ -105,3 +105,16 @@ def test_bad_input():
         model.denoise(torch.randn(1, 3, 16, 16), torch.ones(1), level=1)
     with pytest.raises(ValueError, match="shape"):
         model.denoise(torch.randn(1, 3, 8, 8), torch.ones(1), level=1, cond=torch.randn(1, 3, 8, 8))
+
+
+def test_edm_cascade_is_the_plain_network_as_one_level():
+    from lowdiff_sched.adapters.edm.lowdiff import EDMCascade
+
+    net = build("vp")
+    cascade = EDMCascade(net)
+    x, sigma = torch.randn(2, 3, 16, 16), torch.tensor([0.5, 3.0])
+    with torch.no_grad():
+        assert torch.equal(cascade.denoise(x, sigma, level=0), net(x, sigma))
+    assert [lv.size for lv in cascade.levels] == [(16, 16)]
+    with pytest.raises(ValueError, match="one level"):
+        cascade.denoise(x, sigma, level=0, cond=x)

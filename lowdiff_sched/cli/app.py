@@ -115,6 +115,99 @@ def _run_with_progress(cascade, plan, seeds, batch, device, progress):  # type: 
             )
 
 
+def parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--levels: {text!r} is not a comma-separated list of sizes like 8,16,32") from None
+    return levels
+
+
+@app.command()
+def train(
+    init: Path = typer.Option(..., help="EDM network pickle (edm-*.pkl, network-snapshot-*.pkl) or a lowdiff-sched EDM checkpoint."),
+    data: Path = typer.Option(..., help="EDM dataset: a folder or zip of PNGs, with dataset.json labels if class-conditional."),
+    levels: str = typer.Option("8,16,32", help="Resolutions of the cascade, low -> high; the last is the network's."),
+    out: Path = typer.Option(Path("runs/lowdiff"), help="Run folder: checkpoints, model.json, log.jsonl. An existing run resumes."),
+    batch: int = typer.Option(64, help="Global batch size (split over torchrun processes)."),
+    steps: int = typer.Option(1000, help="Optimizer steps in total (a resumed run continues to this)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    ema: float = typer.Option(500.0, help="EMA half-life in thousands of images (EDM's ema_halflife_kimg)."),
+    loss: Optional[str] = typer.Option(None, help="vp, ve or edm (default: the backbone's own)."),
+    checkpoint_every: int = typer.Option(500, help="Steps between checkpoints (one is also written at the end)."),
+    seed: int = typer.Option(0, help="Seed of all training randomness."),
+    mixed_precision: str = typer.Option("no", help="no or bf16."),
+    progress: bool = typer.Option(True, help="Show a progress bar with the loss per level."),
+) -> None:
+    """Retrofit an EDM network with LowDiff (LowDiffUNet.from_edm) and fine-tune it with the multi-resolution loss.
+
+    Example: lowdiff-sched train --init edm-cifar10-32x32-uncond-vp.pkl --data cifar10.zip --levels 8,16,32 --out runs/c10 --batch 64 --steps 20000
+
+    Several processes: torchrun --nproc-per-node 4 -m lowdiff_sched.cli train ...
+    """
+    with user_errors():
+        import json
+
+        from lowdiff_sched.adapters.edm.checkpoint import load_edm
+        from lowdiff_sched.adapters.edm.lowdiff import MODEL_SPEC, LowDiffUNet, backbone_loss, model_spec
+        from lowdiff_sched.outputs import atomic_path, ensure_writable_dir
+        from lowdiff_sched.training import ImageDataset, TrainConfig
+        from lowdiff_sched.training import train as run_training
+
+        model = LowDiffUNet.from_edm(load_edm(init), parse_levels(levels))
+        dataset = ImageDataset(data)
+        config = TrainConfig(
+            steps=steps, batch=batch, lr=lr, ema_halflife_kimg=ema, loss=loss or backbone_loss(model),
+            checkpoint_every=checkpoint_every, seed=seed, mixed_precision=mixed_precision,
+            label_dim=int(model.net.label_dim),
+        )
+        spec = model_spec(model)
+        out = ensure_writable_dir(out)
+        spec_file = out / MODEL_SPEC
+        if spec_file.exists() and json.loads(spec_file.read_text()) != json.loads(json.dumps(spec)):
+            raise UsageError(f"{out} holds a run of a different model (see {spec_file}); choose another --out")
+        with atomic_path(spec_file) as tmp:
+            tmp.write_text(json.dumps(spec, indent=2))
+        try:
+            run_training(model, dataset, config, out, progress=progress)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted: the last completed step is saved in {out}/; run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+        typer.echo(f"trained {steps} steps; checkpoints and log in {out}/; sample with: lowdiff-sched sample --model {out}")
+
+
+@app.command()
+def info(
+    model: str = typer.Argument(..., help="EDM pickle, lowdiff-sched checkpoint, training run, or registered model."),
+    levels: str = typer.Option("8,16,32", help="Retrofit levels to report for an EDM network."),
+) -> None:
+    """Parameters of a model and what the LowDiff retrofit adds to them.
+
+    Example: lowdiff-sched info edm-cifar10-32x32-uncond-vp.pkl --levels 8,16,32
+    """
+    with user_errors():
+        from lowdiff_sched.models import model_names
+
+        if model in model_names():
+            from lowdiff_sched.models import model_spec as registered
+
+            typer.echo(f"{model}: {registered(model).description}")
+            return
+        from lowdiff_sched.adapters.edm.checkpoint import load_edm
+        from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet, backbone_loss, load_run
+
+        path = Path(model)
+        if path.is_dir() or (path.parent / "model.json").is_file():
+            cascade = load_run(path)
+        else:
+            cascade = LowDiffUNet.from_edm(load_edm(path), parse_levels(levels))
+        base = sum(p.numel() for p in cascade.net.parameters())
+        extra = cascade.parameter_overhead
+        typer.echo(f"backbone   {type(cascade.net).__name__}({type(cascade.net.model).__name__}), {base:,} parameters, loss {backbone_loss(cascade)}")
+        typer.echo(f"levels     {', '.join(f'{s}x{s}' for s in cascade.level_sizes)}")
+        typer.echo(f"retrofit   +{extra:,} parameters (+{extra / base:.3%}): {base / 1e6:.2f}M -> {(base + extra) / 1e6:.2f}M")
+
+
 @app.command("plan")
 def plan_command(
     plan: str = typer.Argument(..., help="Preset name or plan JSON file."),

@@ -10,7 +10,9 @@ level starts at zero, so right after the retrofit the top level is the original 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -241,3 +243,79 @@ class LowDiffUNet(nn.Module):
         emb = self._embedding(net.model, c_noise.flatten(), level, labels, c_noise_cond, augment_labels)
         F_x = self._unet(inp, lv.channels, level, emb)
         return c_skip * x + c_out * F_x.to(torch.float32)
+
+
+class EDMCascade(nn.Module):
+    """An unmodified EDM precond network as a one-level ResolutionCascade: the
+    single-resolution baseline, sampled by any k-diffusion sampler through the same plans."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.levels = (Level((int(net.img_resolution),) * 2, int(net.img_channels)),)
+
+    def denoise(self, x: Tensor, sigma: Tensor, *, level: int, cond: Tensor | None = None,
+                cond_sigma: Tensor | float | None = None, class_labels: Tensor | None = None, **extra: Any) -> Tensor:
+        if level not in (0, -1) or cond is not None:
+            raise ValueError("EDMCascade has one level and takes no condition")
+        return self.net(x, sigma, class_labels=class_labels)
+
+
+# ---- runs: a model spec beside the training checkpoints --------------------------------
+MODEL_SPEC = "model.json"
+_LOSS_OF_PRECOND = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
+
+
+def backbone_loss(model: LowDiffUNet) -> str:
+    """The backbone's own loss ("vp", "ve" or "edm"), which LowDiff keeps at every level."""
+    return _LOSS_OF_PRECOND[type(model.net).__name__]
+
+
+def model_spec(model: LowDiffUNet) -> dict[str, Any]:
+    """JSON data that rebuilds `model`'s architecture (weights come from a checkpoint)."""
+    init_kwargs = getattr(model.net, "init_kwargs", None)
+    if init_kwargs is None:
+        raise ValueError("the backbone's init kwargs are unknown: load it with load_edm, which records them")
+    return {
+        "format": "lowdiff-sched/lowdiff-edm",
+        "version": 1,
+        "backbone": {"class_name": type(model.net).__name__, "init_kwargs": init_kwargs},
+        "levels": list(model.level_sizes),
+        "cond": model.cond_mode,
+        "embed_cond_sigma": model.embed_cond_sigma,
+    }
+
+
+def from_spec(spec: dict[str, Any]) -> LowDiffUNet:
+    """Build (untrained) the model a `model_spec` describes."""
+    from .networks import NETWORK_CLASSES
+
+    if not isinstance(spec, dict) or spec.get("format") != "lowdiff-sched/lowdiff-edm" or spec.get("version") != 1:
+        raise ValueError("not a lowdiff-sched LowDiff EDM model spec (format/version)")
+    name = spec["backbone"]["class_name"]
+    if name not in _LOSS_OF_PRECOND:
+        raise ValueError(f"unsupported backbone {name!r}; supported: {', '.join(_LOSS_OF_PRECOND)}")
+    init_kwargs = dict(spec["backbone"]["init_kwargs"])
+    net = NETWORK_CLASSES[name](**init_kwargs)
+    net.init_kwargs = init_kwargs
+    return LowDiffUNet.from_edm(net, spec["levels"], spec["cond"], spec["embed_cond_sigma"])
+
+
+def load_run(path: str | Path) -> LowDiffUNet:
+    """A trained LowDiff model from a training run folder (its latest checkpoint) or from one
+    checkpoint file inside it, with the EMA weights, in eval mode."""
+    from ...training.checkpoint import latest_checkpoint, load_weights
+
+    path = Path(path)
+    run = path if path.is_dir() else path.parent
+    spec_file = run / MODEL_SPEC
+    if not spec_file.is_file():
+        raise ValueError(f"{str(run)!r} is not a lowdiff-sched training run (no {MODEL_SPEC})")
+    checkpoint = path if path.is_file() else latest_checkpoint(run)
+    if checkpoint is None:
+        raise ValueError(f"training run {str(run)!r} has no checkpoint yet")
+    try:
+        spec = json.loads(spec_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(spec_file)!r} is not valid JSON: {err}") from None
+    return load_weights(from_spec(spec), checkpoint, "ema").eval()
