@@ -120,73 +120,30 @@ class LowDiffUNet(nn.Module):
         return sum(p.numel() for p in self.parameters()) - sum(p.numel() for p in self.net.parameters())
 
     # ---- forward ------------------------------------------------------------------
-    def _embedding(self, unet: nn.Module, c_noise: Tensor, level: int, class_labels: Tensor | None,
+    def _embedding(self, level: int, c_noise: Tensor, class_labels: Tensor | None,
                    c_noise_cond: Tensor | None, augment_labels: Tensor | None) -> Tensor:
-        def noise_embedding(c: Tensor) -> Tensor:
-            emb = unet.map_noise(c)
-            return emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(*emb.shape)  # EDM swaps sin/cos
-
-        emb = noise_embedding(c_noise)
-        one_hot = torch.zeros(1, len(self.levels), dtype=emb.dtype, device=emb.device)
+        """SongUNet's conditioning vector plus LowDiff's level and cond-sigma embeddings."""
+        unet = self.net.model
+        one_hot = torch.zeros(1, len(self.levels), device=c_noise.device)
         one_hot[0, level] = 1
-        emb = emb + self.level_embed(one_hot)
+        extra = self.level_embed(one_hot)
         if self.cond_sigma_embed is not None and c_noise_cond is not None:
-            emb = emb + self.cond_sigma_embed(noise_embedding(c_noise_cond))
-        if unet.map_label is not None:
-            labels = class_labels
-            if self.training and unet.label_dropout:
-                keep = torch.rand([labels.shape[0], 1], device=labels.device) >= unet.label_dropout
-                labels = labels * keep.to(labels.dtype)
-            emb = emb + unet.map_label(labels * math.sqrt(unet.map_label.in_features))
-        if unet.map_augment is not None and augment_labels is not None:
-            emb = emb + unet.map_augment(augment_labels)
-        return _silu(unet.map_layer1(_silu(unet.map_layer0(emb))))
+            extra = extra + self.cond_sigma_embed(unet.noise_embedding(c_noise_cond))
+        return unet.embedding(c_noise, class_labels, augment_labels, extra=extra)
 
-    def _unet(self, inp: Tensor, channels: int, level: int, emb: Tensor) -> Tensor:
-        """SongUNet's encoder/decoder walk, entered and left at this level's resolution."""
-        from .networks import UNetBlock
-
+    def _forward_level(self, inp: Tensor, channels: int, level: int, emb: Tensor) -> Tensor:
+        """F at one level: this level's way in, SongUNet's walk at and below its resolution,
+        and (below the top) this level's head."""
         unet = self.net.model
         depth, res = self.depths[level], self.level_sizes[level]
         image = inp[:, :channels]
         if depth == 0:
-            x = unet.enc[f"{res}x{res}_conv"](image)
+            entry = unet.enc[f"{res}x{res}_conv"](image)
             if inp.shape[1] > channels:
-                x = x + self.in_convs[level](inp[:, channels:])
-            aux = image
+                entry = entry + self.in_convs[level](inp[:, channels:])
         else:
-            x = self.in_convs[level](inp)
-            # a skip encoder's aux path carries the image, a residual encoder's the features
-            aux = image if any("aux_skip" in name for name in unet.enc) else x
-        skips = [x]
-        for name, block in unet.enc.items():
-            r = _res_of(name)
-            if r > res or (r == res and not name.split("_", 1)[1].startswith("block")):
-                continue  # above this level, or the way into it, which the level's input conv replaces
-            if "aux_down" in name:
-                aux = block(aux)
-            elif "aux_skip" in name:
-                x = skips[-1] = x + block(aux)
-            elif "aux_residual" in name:
-                x = skips[-1] = aux = (x + block(aux)) / math.sqrt(2)
-            else:
-                x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
-                skips.append(x)
-        out = tmp = None
-        for name, block in unet.dec.items():  # deepest resolution first
-            if _res_of(name) > res:
-                break
-            if "aux_up" in name:
-                out = block(out)
-            elif "aux_norm" in name:
-                tmp = block(x)
-            elif "aux_conv" in name:
-                tmp = block(_silu(tmp))
-                out = tmp if out is None else tmp + out
-            else:
-                if x.shape[1] != block.in_channels:
-                    x = torch.cat([x, skips.pop()], dim=1)
-                x = block(x, emb)
+            entry = self.in_convs[level](inp)
+        x, out = unet.walk(image, emb, res=res, entry=entry)
         if depth > 0:
             head = self.heads[level]
             y = head["conv"](_silu(head["norm"](x)))
@@ -240,8 +197,8 @@ class LowDiffUNet(nn.Module):
             c_in_cond = torch.as_tensor(c_in_cond, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
             c_noise_cond = c_noise_cond.flatten()
             inp = upsample_concat(x, cond.to(torch.float32), mode=self.cond_mode, x_scale=c_in, cond_scale=c_in_cond)
-        emb = self._embedding(net.model, c_noise.flatten(), level, labels, c_noise_cond, augment_labels)
-        F_x = self._unet(inp, lv.channels, level, emb)
+        emb = self._embedding(level, c_noise.flatten(), labels, c_noise_cond, augment_labels)
+        F_x = self._forward_level(inp, lv.channels, level, emb)
         return c_skip * x + c_out * F_x.to(torch.float32)
 
 

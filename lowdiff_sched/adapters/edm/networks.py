@@ -377,6 +377,7 @@ class SongUNet(nn.Module):
         if len(channel_mult) < 1:
             raise ValueError("channel_mult must name at least one resolution, got []")
         super().__init__()
+        self.img_resolution = img_resolution
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
         noise_channels = model_channels * channel_mult_noise
@@ -464,26 +465,59 @@ class SongUNet(nn.Module):
         self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None, augment_labels: Tensor | None = None
     ) -> Tensor:
         """F(x, c_noise): x (N, C, H, W), noise_labels (N,), class_labels (N, label_dim) or None."""
+        return self.walk(x, self.embedding(noise_labels, class_labels, augment_labels))[1]
+
+    def noise_embedding(self, noise_labels: Tensor) -> Tensor:
+        """map_noise's output in the order the mapping network takes it."""
         emb = self.map_noise(noise_labels)
         # the map takes [sin, cos], though the embeddings return [cos, sin]
         cos, sin = emb.chunk(2, dim=1)
-        emb = torch.cat([sin, cos], dim=1)
+        return torch.cat([sin, cos], dim=1)
+
+    def embedding(
+        self, noise_labels: Tensor, class_labels: Tensor | None, augment_labels: Tensor | None = None,
+        extra: Tensor | None = None,
+    ) -> Tensor:
+        """The conditioning vector of every block; `extra` (noise-embedding width) is added
+        before the mapping layers (LowDiff's level and cond-sigma embeddings)."""
+        emb = self.noise_embedding(noise_labels)
+        if extra is not None:
+            emb = emb + extra
         if self.map_label is not None:
             if class_labels is None:
                 raise ValueError(f"class_labels are required: this SongUNet has label_dim={self.map_label.in_features}")
             labels = class_labels
             if self.training and self.label_dropout:
                 # classifier-free guidance training: drop each sample's label with prob. label_dropout
-                keep = torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout
+                keep = torch.rand([noise_labels.shape[0], 1], device=labels.device) >= self.label_dropout
                 labels = labels * keep.to(labels.dtype)
             emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
-        emb = silu(self.map_layer1(silu(self.map_layer0(emb))))
+        return silu(self.map_layer1(silu(self.map_layer0(emb))))
 
+    def walk(
+        self, x: Tensor, emb: Tensor, *, res: int | None = None, entry: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The encoder and decoder at and below resolution `res` (default: the top), returning
+        (the decoder's last features, the aux output or None). Without `entry`, x is the image
+        at the top; with it, `entry` is the features that enter at `res` in place of the way in
+        (input conv or down block) and x is the image at `res` (a skip encoder's aux input)."""
+        top = self.img_resolution
+        res = top if res is None else res
+        if entry is None and res != top:
+            raise ValueError(f"entering at {res}x{res} needs the entry features")
         skips = []
         aux = x
+        if entry is not None:
+            skip_encoder = any(name.endswith("_aux_skip") for name in self.enc)
+            aux = x if skip_encoder or res == top else entry  # a residual encoder's aux path carries features
+            x = entry
+            skips.append(x)
         for name, module in self.enc.items():
+            r = int(name.split("x", 1)[0])
+            if r > res or (entry is not None and r == res and "_block" not in name):
+                continue  # above `res`, or the way into it, which `entry` replaces
             if name.endswith("_aux_down"):
                 aux = module(aux)
             elif name.endswith("_aux_skip"):
@@ -495,7 +529,9 @@ class SongUNet(nn.Module):
                 skips.append(x)
 
         out = None
-        for name, module in self.dec.items():
+        for name, module in self.dec.items():  # deepest resolution first
+            if int(name.split("x", 1)[0]) > res:
+                break
             if name.endswith("_aux_up"):
                 out = module(out)
             elif name.endswith("_aux_norm"):
@@ -507,7 +543,7 @@ class SongUNet(nn.Module):
                 if "_block" in name:
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = module(x, emb)
-        return out
+        return x, out
 
 
 def _build_model(model_type: str, **kwargs: Any) -> nn.Module:
