@@ -14,6 +14,7 @@ stays float32. EDM's ADM backbone (`DhariwalUNet`) is not implemented.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -557,7 +558,7 @@ def _build_model(model_type: str, **kwargs: Any) -> nn.Module:
     raise ValueError(f"model_type must be 'SongUNet' (the only backbone implemented), got {model_type!r}")
 
 
-class _Precond(nn.Module):
+class _Precond(nn.Module, ABC):
     """Shared forward of the preconditioners: D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)."""
 
     model: nn.Module
@@ -575,9 +576,9 @@ class _Precond(nn.Module):
             out_channels=self.img_channels, label_dim=self.label_dim, **model_kwargs,
         )
 
+    @abstractmethod
     def scalings(self, sigma: Tensor) -> tuple[Any, Any, Any, Tensor]:
         """(c_skip, c_out, c_in, c_noise) for a float32 sigma of shape (N, 1, 1, 1)."""
-        raise NotImplementedError
 
     def forward(
         self,
