@@ -18,16 +18,16 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from torch.nn.functional import silu
+
 from ...kernels import upsample_concat
 from ...protocol import Level
+from ...resample import UPSAMPLE_MODES
+
 
 def _res_of(name: str) -> int:
     """'16x16_block0' -> 16."""
     return int(name.split("x", 1)[0])
-
-
-def _silu(x: Tensor) -> Tensor:
-    return torch.nn.functional.silu(x)
 
 
 class LowDiffUNet(nn.Module):
@@ -41,7 +41,7 @@ class LowDiffUNet(nn.Module):
         self, net: nn.Module, levels: Sequence[int], cond: str = "nearest", embed_cond_sigma: bool = True
     ) -> None:
         super().__init__()
-        from .networks import Conv2d, GroupNorm, Linear
+        from .networks import Conv2d, GroupNorm
 
         unet = getattr(net, "model", None)
         if unet is None or type(unet).__name__ != "SongUNet":
@@ -54,8 +54,8 @@ class LowDiffUNet(nn.Module):
         for r in levels:
             if r not in depths:
                 raise ValueError(f"level {r} is not one of the UNet's resolutions {sorted(depths)}")
-        if cond not in ("nearest", "bilinear"):
-            raise ValueError(f"cond must be 'nearest' or 'bilinear', got {cond!r}")
+        if cond not in UPSAMPLE_MODES:
+            raise ValueError(f"cond must be one of {UPSAMPLE_MODES}, got {cond!r}")
         self.net = net
         self.level_sizes = levels
         self.depths = tuple(depths[r] for r in levels)
@@ -146,7 +146,7 @@ class LowDiffUNet(nn.Module):
         x, out = unet.walk(image, emb, res=res, entry=entry)
         if depth > 0:
             head = self.heads[level]
-            y = head["conv"](_silu(head["norm"](x)))
+            y = head["conv"](silu(head["norm"](x)))
             out = y if out is None else out + y
         return out
 
