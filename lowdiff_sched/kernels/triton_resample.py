@@ -24,6 +24,16 @@ MODES = {"nearest": NEAREST, "bilinear": BILINEAR}
 
 
 @triton.jit
+def _unflatten(n, C, H, W):
+    """Flat NCHW index -> (b, c, h, w)."""
+    w = n % W
+    t = n // W
+    h = t % H
+    t = t // H
+    return t // C, t % C, h, w
+
+
+@triton.jit
 def _source_index(o, scale, n_in, MODE: tl.constexpr):
     """Output index o -> (i0, i1, lambda1) of the source samples it reads."""
     of = o.to(tl.float32)
@@ -66,12 +76,7 @@ def _upsample_concat_fwd(
         oh = t % H
         b = t // H
     else:
-        ow = n % W
-        t = n // W
-        oh = t % H
-        t = t // H
-        c = t % C
-        b = t // C
+        b, c, oh, ow = _unflatten(n, C, H, W)
     from_x = c < CX
     xs = tl.load(xs_ptr + b, mask=mask, other=0.0)
     cs = tl.load(cs_ptr + b, mask=mask, other=0.0)
@@ -100,12 +105,7 @@ def _scaled_slice(g_ptr, gx_ptr, xs_ptr, CX, H, W, sgb, sgc, sgh, sgw, total, BL
     """grad_x = x_scale * grad_out[:, :CX] (written contiguous)."""
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = n < total
-    ow = n % W
-    t = n // W
-    oh = t % H
-    t = t // H
-    c = t % CX
-    b = t // CX
+    b, c, oh, ow = _unflatten(n, CX, H, W)
     g = tl.load(g_ptr + b * sgb + c * sgc + oh * sgh + ow * sgw, mask=mask, other=0.0).to(tl.float32)
     xs = tl.load(xs_ptr + b, mask=mask, other=0.0)
     tl.store(gx_ptr + n, (g * xs).to(gx_ptr.dtype.element_ty), mask=mask)
@@ -123,12 +123,7 @@ def _upsample_adjoint(
     pixels whose interpolation reads it (no atomics, so the result is deterministic)."""
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = n < total
-    sx = n % w
-    t = n // w
-    sy = t % h
-    t = t // h
-    cc = t % CC
-    b = t // CC
+    b, cc, sy, sx = _unflatten(n, CC, h, w)
     # first output row/column that can read this source pixel (a safe lower bound)
     if MODE == 0:
         lo_y = tl.maximum((sy.to(tl.float32) / scale_h).to(tl.int32) - 1, 0)
@@ -160,12 +155,7 @@ def _upsample_renoise(
     """x_H = U(x_L) + F sigma (eps - U P eps), one low-resolution pixel (an F x F block) per lane."""
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = n < total
-    lw = n % w
-    t = n // w
-    lh = t % h
-    t = t // h
-    c = t % C
-    b = t // C
+    b, c, lh, lw = _unflatten(n, C, h, w)
     xl = tl.load(xl_ptr + b * slb + c * slc + lh * slh + lw * slw, mask=mask, other=0.0).to(tl.float32)
     coef = tl.load(sig_ptr + b, mask=mask, other=0.0) * F
     e_base = eps_ptr + b * seb + c * sec + (lh * F) * seh + (lw * F) * sew
