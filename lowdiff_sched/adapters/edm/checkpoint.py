@@ -140,22 +140,27 @@ def _reconstruct_persistent(meta: Any) -> PersistentRecord:
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
 
 
+def _load_weights_only(source: Any, what: str, corrupt: str) -> Any:
+    """torch.load with weights_only semantics; a refused global becomes UnsafeCheckpointError
+    naming it, any other failure (torch and pickle raise many types for damaged bytes) a
+    CheckpointError: "<what> <corrupt> (<cause>)"."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _GLOBAL_IN_MESSAGE.search(str(exc))
+        if found:
+            raise UnsafeCheckpointError(f"{what} refers to {found.group(1)}, which weights_only loading refuses") from None
+        raise CheckpointError(f"{what} {corrupt} ({_first_line(exc)})") from None
+    except Exception as exc:
+        raise CheckpointError(f"{what} {corrupt} ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
 def _load_storage_blob(blob: Any) -> torch.storage.TypedStorage:
     """Stands in for `torch.storage._load_from_bytes`: the nested legacy torch.save blob of one
     tensor storage, loaded with weights_only semantics (a hostile file may hide a pickle there)."""
     if not isinstance(blob, (bytes, bytearray)):
         raise CheckpointError(f"a tensor storage blob is {_describe(blob)}, expected bytes")
-    try:
-        obj = torch.load(io.BytesIO(bytes(blob)), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = _GLOBAL_IN_MESSAGE.search(str(exc))
-        if found:
-            raise UnsafeCheckpointError(
-                f"a tensor storage blob refers to {found.group(1)}, which weights_only loading refuses"
-            ) from None
-        raise CheckpointError(f"a tensor storage blob is corrupt ({_first_line(exc)})") from None
-    except Exception as exc:  # torch/pickle raise many types for damaged bytes
-        raise CheckpointError(f"a tensor storage blob is corrupt ({type(exc).__name__}: {_first_line(exc)})") from None
+    obj = _load_weights_only(io.BytesIO(bytes(blob)), "a tensor storage blob", "is corrupt")
     if not isinstance(obj, torch.storage.TypedStorage):
         raise CheckpointError(f"a tensor storage blob holds {_describe(obj)}, expected a storage")
     return obj
@@ -419,19 +424,7 @@ def _sniff(path: Path, expect_pickle: bool) -> str:
 def _load_own(path: Path, key: str, table: Mapping[str, type]) -> nn.Module:
     if key != "ema":
         raise CheckpointError(f"{path}: a lowdiff-sched checkpoint holds a single network; key={key!r} does not apply")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = _GLOBAL_IN_MESSAGE.search(str(exc))
-        if found:
-            raise UnsafeCheckpointError(
-                f"{path}: refers to {found.group(1)}, which weights_only loading refuses"
-            ) from None
-        raise CheckpointError(f"{path}: corrupt checkpoint ({_first_line(exc)})") from None
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {_first_line(exc)})"
-        ) from None
+    obj = _load_weights_only(path, f"{path}:", "corrupt or truncated checkpoint")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         found = obj.get("format") if isinstance(obj, dict) else _describe(obj)
         raise CheckpointError(f"{path}: not a lowdiff-sched checkpoint (format {found!r}, expected {FORMAT!r})")
