@@ -23,11 +23,7 @@ from torch.nn.functional import silu
 from ...kernels import upsample_concat
 from ...protocol import Level
 from ...resample import UPSAMPLE_MODES
-
-
-def _res_of(name: str) -> int:
-    """'16x16_block0' -> 16."""
-    return int(name.split("x", 1)[0])
+from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution
 
 
 class LowDiffUNet(nn.Module):
@@ -41,8 +37,6 @@ class LowDiffUNet(nn.Module):
         self, net: nn.Module, levels: Sequence[int], cond: str = "nearest", embed_cond_sigma: bool = True
     ) -> None:
         super().__init__()
-        from .networks import Conv2d, GroupNorm
-
         unet = getattr(net, "model", None)
         if unet is None or type(unet).__name__ != "SongUNet":
             raise ValueError(f"from_edm needs an EDM precond network around a SongUNet, got {type(net).__name__}")
@@ -111,7 +105,7 @@ class LowDiffUNet(nn.Module):
     @staticmethod
     def _decoder_width(unet: nn.Module, res: int) -> int:
         """Channels leaving the decoder's last block at resolution `res`."""
-        last = [b for n, b in unet.dec.items() if _res_of(n) == res and "_block" in n][-1]
+        last = [b for n, b in unet.dec.items() if block_resolution(n) == res and "_block" in n][-1]
         return int(last.out_channels)
 
     @property
@@ -245,8 +239,6 @@ def model_spec(model: LowDiffUNet) -> dict[str, Any]:
 
 def from_spec(spec: dict[str, Any]) -> LowDiffUNet:
     """Build (untrained) the model a `model_spec` describes."""
-    from .networks import NETWORK_CLASSES
-
     if not isinstance(spec, dict) or spec.get("format") != "lowdiff-sched/lowdiff-edm" or spec.get("version") != 1:
         raise ValueError("not a lowdiff-sched LowDiff EDM model spec (format/version)")
     name = spec["backbone"]["class_name"]

@@ -343,6 +343,11 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
+def block_resolution(name: str) -> int:
+    """The resolution in an encoder/decoder entry's name: '16x16_block0' -> 16."""
+    return int(name.split("x", 1)[0])
+
+
 class SongUNet(nn.Module):
     """The DDPM++ / NCSN++ U-Net of Song et al. (score SDE) in EDM's formulation.
 
@@ -516,7 +521,7 @@ class SongUNet(nn.Module):
             x = entry
             skips.append(x)
         for name, module in self.enc.items():
-            r = int(name.split("x", 1)[0])
+            r = block_resolution(name)
             if r > res or (entry is not None and r == res and "_block" not in name):
                 continue  # above `res`, or the way into it, which `entry` replaces
             if name.endswith("_aux_down"):
@@ -531,7 +536,7 @@ class SongUNet(nn.Module):
 
         out = None
         for name, module in self.dec.items():  # deepest resolution first
-            if int(name.split("x", 1)[0]) > res:
+            if block_resolution(name) > res:
                 break
             if name.endswith("_aux_up"):
                 out = module(out)
