@@ -21,9 +21,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# The shipped MNIST models: LowDiff's 3-stage cascade (a 10x10 grid, one column per class),
+# then the single-resolution baseline at 35 NFE on the same seeds, to compare the times.
 demo: $(VENV)/.installed
-	$(BIN)/lowdiff-sched sample --model gaussian-field --plan cifar10-3stage \
-		--seeds 0-63 --batch 16 --out $(OUT)
+	$(BIN)/lowdiff-sched sample --model mnist-lowdiff --plan mnist-3stage --class-labels 0-9 \
+		--seeds 0-99 --batch 100 --out $(OUT)
+	$(BIN)/lowdiff-sched sample --model mnist-base --plan mnist-base-35 --class-labels 0-9 \
+		--seeds 0-99 --batch 100 --out $(OUT)/baseline
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

@@ -16,22 +16,13 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from lowdiff_sched import presets
 from lowdiff_sched.adapters.edm.lowdiff import EDMCascade, LowDiffUNet
 from lowdiff_sched.adapters.edm.networks import UNET_CONFIGS, VPPrecond
+from lowdiff_sched.cost import flops_per_call
 from lowdiff_sched.plan import CascadePlan
 from lowdiff_sched.sampling import sample_cascade
-
-
-def flops_per_call(model: LowDiffUNet | EDMCascade, level: int, batch: int, device: torch.device) -> int:
-    lv = model.levels[level]
-    x = torch.randn(batch, *lv.shape, device=device)
-    cond = None if level == 0 else torch.randn_like(x)
-    with FlopCounterMode(display=False) as counter:
-        model.denoise(x, torch.ones(batch, device=device), level=level, cond=cond, cond_sigma=0.5 if cond is not None else None)
-    return counter.get_total_flops()
 
 
 def main() -> None:

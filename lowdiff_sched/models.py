@@ -66,6 +66,32 @@ def _gaussian_field(device: torch.device, **options: Any) -> ResolutionCascade:
     return GaussianFieldCascade(**{"levels": (8, 16, 32), "channels": 3, **options})
 
 
+def _shipped(name: str) -> Callable[..., ResolutionCascade]:
+    def build(device: torch.device, **options: Any) -> ResolutionCascade:
+        from .adapters.edm.lowdiff import load_exported
+        from .weights import weight_path
+
+        return load_exported(weight_path(f"{name}.safetensors")).to(device)
+
+    return build
+
+
+register_model(
+    ModelSpec(
+        "mnist-lowdiff",
+        "LowDiff on real MNIST digits: mnist-base retrofitted at 8/16/32 and fine-tuned (shipped weights, 10 classes)",
+        _shipped("mnist-lowdiff"),
+        default_plan="mnist-3stage",
+    )
+)
+register_model(
+    ModelSpec(
+        "mnist-base",
+        "single-resolution 32x32 baseline on real MNIST digits, the SongUNet mnist-lowdiff starts from (shipped weights, 10 classes)",
+        _shipped("mnist-base"),
+        default_plan="mnist-base-35",
+    )
+)
 register_model(
     ModelSpec(
         "gaussian-field",

@@ -83,6 +83,21 @@ _PRESETS = [
         lambda: CascadePlan([_heun_full(79, EDM_RANGE, -1)], name="ffhq64-edm-79"),
     ),
     Preset(
+        "mnist-3stage", "LowDiff on the shipped MNIST model, levels 8/16/32: the CIFAR-10 split of Table 1", (18, 13, 17),
+        lambda: replace(PRESETS["cifar10-3stage"].build(), name="mnist-3stage"),
+    ),
+    Preset(
+        "mnist-2stage", "LowDiff on the shipped MNIST model, levels 16/32: the CIFAR-10 2-stage split", (19, 17),
+        lambda: replace(PRESETS["cifar10-2stage"].build(), name="mnist-2stage"),
+    ),
+    *(
+        Preset(
+            f"mnist-base-{nfe}", f"EDM baseline on the shipped MNIST models at 32x32: {(nfe + 1) // 2} Heun steps, {nfe} NFE", (nfe,),
+            lambda nfe=nfe: CascadePlan([_heun_full(nfe, EDM_RANGE, -1)], name=f"mnist-base-{nfe}"),
+        )
+        for nfe in (35, 19, 11)
+    ),
+    Preset(
         "imagenet256-dit-b1", "LowDiff LightningDiT-B/1, latent levels 8/16, Euler, shift 0.3", (45, 50),
         lambda: _lowdiff([_euler_flow(100, 45, -2), _euler_flow(50, 50, -1)], "imagenet256-dit-b1"),
     ),

@@ -262,3 +262,17 @@ def cascade_sampler(plan: CascadePlan) -> Callable[..., Tensor]:
     sample.__name__ = f"sample_cascade_{plan.name or 'plan'}".replace("-", "_")
     sample.__doc__ = f"Cascade sampler for plan {plan.name or '(unnamed)'}; k-diffusion sampler signature."
     return sample
+
+
+def seed_labels(seeds: Sequence[int], label_dim: int, labels: Sequence[int] | None = None) -> list[int]:
+    """The class id of each seed: `labels[seed % len(labels)]`, so a seed always gets the same
+    class whatever else is sampled with it (default labels: every class, 0..label_dim-1)."""
+    if label_dim <= 0:
+        raise ValueError("the model is unconditional (no class labels); drop the class labels")
+    labels = list(range(label_dim)) if labels is None else [int(c) for c in labels]
+    if not labels:
+        raise ValueError("class labels are empty")
+    bad = [c for c in labels if not 0 <= c < label_dim]
+    if bad:
+        raise ValueError(f"class label {bad[0]} is out of range: the model has {label_dim} classes, 0-{label_dim - 1}")
+    return [labels[s % len(labels)] for s in seeds]

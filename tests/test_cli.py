@@ -60,7 +60,7 @@ def test_sample_writes_pngs_grid_and_npz(tmp_path, small_plan):
 
     # batch size does not change any sample
     again = tmp_path / "again"
-    assert run("sample", "--plan", small_plan, "--seeds", "0-3", "--batch", "1", "--out", again, "--no-progress").exit_code == 0
+    assert run("sample", "--model", "gaussian-field", "--plan", small_plan, "--seeds", "0-3", "--batch", "1", "--out", again, "--no-progress").exit_code == 0
     by_seed = dict(zip(data["seeds"].tolist(), data["samples"]))
     other = np.load(again / "samples.npz")
     for seed, sample in zip(other["seeds"].tolist(), other["samples"]):
@@ -117,12 +117,12 @@ def test_bad_plan_files_and_out_dirs(tmp_path, small_plan):
     assert result.exit_code == 2 and "stage 0" in result.stderr and "strictly decreasing" in result.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = run("sample", "--plan", small_plan, "--seeds", "0", "--out", blocker / "sub")
+    result = run("sample", "--model", "gaussian-field", "--plan", small_plan, "--seeds", "0", "--out", blocker / "sub")
     assert result.exit_code == 2 and "not writable" in result.stderr
 
 
 def test_help_shows_examples():
-    for command in ("sample", "plan", "presets", "models", "train", "info"):
+    for command in ("sample", "plan", "presets", "models", "train", "info", "eval", "export"):
         result = run(command, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout
 

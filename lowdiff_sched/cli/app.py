@@ -64,17 +64,21 @@ def parse_floats(text: str, what: str) -> list[float]:
 
 @app.command()
 def sample(
-    model: str = typer.Option("gaussian-field", help="Registered model name (see `lowdiff-sched models`)."),
-    plan: str = typer.Option("cifar10-3stage", help="Preset name or plan JSON file."),
+    model: str = typer.Option("mnist-lowdiff", help="Registered model name (see `lowdiff-sched models`) or a training run."),
+    plan: Optional[str] = typer.Option(None, help="Preset name or plan JSON file. [the model's default plan]"),
     seeds: str = typer.Option("0-63", help="Seeds, e.g. 0-63 or 1,5,7-9; one sample per seed."),
     batch: int = typer.Option(16, help="Samples per batch (results do not depend on it)."),
     out: Path = typer.Option(Path("out/samples"), help="Output directory."),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    class_labels: Optional[str] = typer.Option(
+        None, help="Classes of a class-conditional model, e.g. 0-9 or 3,7: seed s gets the (s mod count)-th. [all classes]"
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Sample a model with a cascade plan; write {seed:06d}.png, grid.png and samples.npz.
+    """Sample a model with a cascade plan; write {seed:06d}.png, grid.png and samples.npz
+    (samples in [-1, 1], seeds, and labels for a class-conditional model).
 
-    Example: lowdiff-sched sample --model gaussian-field --plan cifar10-3stage --seeds 0-63 --batch 16 --out out/demo
+    Example: lowdiff-sched sample --model mnist-lowdiff --plan mnist-3stage --class-labels 0-9 --seeds 0-99 --out out/digits
     """
     with user_errors():
         from lowdiff_sched import presets
@@ -85,14 +89,20 @@ def sample(
         if batch < 1:
             raise UsageError(f"--batch must be a positive int, got {batch}")
         spec = model_spec(model)
+        if plan is None and not spec.default_plan:
+            raise UsageError(f"--plan is required for model {model} (it has no default plan)")
+        plan = plan or spec.default_plan
         cascade_plan = presets.load_plan(plan)
         ensure_writable_dir(out)
+        label_list = parse_int_ranges(class_labels, "--class-labels") if class_labels is not None else None
         cascade = load_model(model, device=device)
         cascade_plan.validate(cascade)
+        labels = _labels(cascade, model, seed_list, label_list)
         started = time.perf_counter()
-        samples = _run_with_progress(cascade, cascade_plan, seed_list, batch, device, progress)
+        samples = _run_with_progress(cascade, cascade_plan, seed_list, batch, device, progress, labels)
         seconds = time.perf_counter() - started
-        written = save_samples(out, samples, seed_list, spec.value_range)
+        ncol = len(label_list) if label_list and len(label_list) <= 16 else None
+        written = save_samples(out, samples, seed_list, spec.value_range, labels=labels, ncol=ncol)
         typer.echo(
             f"{len(seed_list)} samples of {model} with plan {cascade_plan.name or plan} "
             f"(NFE {'+'.join(map(str, cascade_plan.nfe()))}) in {seconds:.2f} s"
@@ -100,17 +110,34 @@ def sample(
         typer.echo(f"wrote {len(seed_list)} PNGs, {written['grid'].name} and {written['npz'].name} to {out}/")
 
 
-def _run_with_progress(cascade, plan, seeds, batch, device, progress):  # type: ignore[no-untyped-def]
+def _labels(cascade, name: str, seeds: list[int], class_labels: Optional[list[int]]) -> Optional[list[int]]:  # type: ignore[no-untyped-def]
+    """Each seed's class id for a class-conditional model (None for an unconditional one)."""
+    from lowdiff_sched.sampling import seed_labels
+
+    label_dim = int(getattr(cascade, "label_dim", 0))
+    if not label_dim:
+        if class_labels is not None:
+            raise UsageError(f"--class-labels: model {name} is unconditional (it takes no class labels)")
+        return None
+    try:
+        return seed_labels(seeds, label_dim, class_labels)
+    except ValueError as err:
+        raise UsageError(f"--class-labels: {err} (model {name})") from None
+
+
+def _run_with_progress(cascade, plan, seeds, batch, device, progress, labels=None):  # type: ignore[no-untyped-def]
     import torch
     from tqdm.auto import tqdm
 
     from lowdiff_sched.sampling import sample_cascade
+    from lowdiff_sched.training.data import one_hot
 
     steps = sum(stage.steps for stage in plan.stages) * -(-len(seeds) // batch)
     with tqdm(total=steps, disable=not progress, unit="step", desc="sampling", file=sys.stderr) as bar:
         with torch.no_grad():
+            extra = {"class_labels": one_hot(torch.as_tensor(labels), cascade.label_dim).to(device)} if labels else None
             return sample_cascade(
-                cascade, plan, seeds=seeds, batch_size=batch, device=device, disable=True,
+                cascade, plan, seeds=seeds, batch_size=batch, device=device, disable=True, extra_args=extra,
                 callback=lambda info: bar.update(1),
             )
 
@@ -123,57 +150,119 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
+# `train` options and their defaults; a --config file may set any of them (and TrainConfig's
+# other fields under "train"), and options given on the command line win.
+TRAIN_DEFAULTS = {
+    "levels": "8,16,32", "out": "runs/lowdiff", "batch": 64, "steps": 1000, "lr": 1e-3, "ema": 500.0,
+    "loss": None, "checkpoint_every": 500, "seed": 0, "mixed_precision": "no",
+}
+TRAIN_CONFIG_KEYS = {"init", "data", "train", *TRAIN_DEFAULTS}
+
+
+def read_train_config(path: Path | None) -> dict:
+    """The JSON object of a `train --config` file ({} without one), checked for unknown keys."""
+    import json
+
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--config {path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: must hold a JSON object")
+    unknown = sorted(set(data) - TRAIN_CONFIG_KEYS - {"description"})
+    if unknown:
+        raise UsageError(f"--config {path}: unknown keys {unknown}; known: {sorted(TRAIN_CONFIG_KEYS)}")
+    return data
+
+
+def load_init(init: object, seed: int):  # type: ignore[no-untyped-def]
+    """The network to start from: a fresh one ({"class_name", "init_kwargs"}, seeded), the EMA
+    network of a training run, or an EDM pickle / lowdiff-sched checkpoint."""
+    import torch
+
+    from lowdiff_sched.adapters.edm.checkpoint import load_edm
+    from lowdiff_sched.adapters.edm.lowdiff import MODEL_SPEC, build_network, load_run
+
+    if isinstance(init, dict):
+        if set(init) != {"class_name", "init_kwargs"}:
+            raise UsageError(f'init: a fresh network is {{"class_name": ..., "init_kwargs": {{...}}}}, got keys {sorted(init)}')
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_network(init["class_name"], init["init_kwargs"])
+    path = Path(str(init))
+    if path.is_dir() and (path / MODEL_SPEC).is_file():
+        return load_run(path).net
+    return load_edm(path)
+
+
 @app.command()
 def train(
-    init: Path = typer.Option(..., help="EDM network pickle (edm-*.pkl, network-snapshot-*.pkl) or a lowdiff-sched EDM checkpoint."),
-    data: Path = typer.Option(..., help="EDM dataset: a folder or zip of PNGs, with dataset.json labels if class-conditional."),
-    levels: str = typer.Option("8,16,32", help="Resolutions of the cascade, low -> high; the last is the network's."),
-    out: Path = typer.Option(Path("runs/lowdiff"), help="Run folder: checkpoints, model.json, log.jsonl. An existing run resumes."),
-    batch: int = typer.Option(64, help="Global batch size (split over torchrun processes)."),
-    steps: int = typer.Option(1000, help="Optimizer steps in total (a resumed run continues to this)."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    ema: float = typer.Option(500.0, help="EMA half-life in thousands of images (EDM's ema_halflife_kimg)."),
-    loss: Optional[str] = typer.Option(None, help="vp, ve or edm (default: the backbone's own)."),
-    checkpoint_every: int = typer.Option(500, help="Steps between checkpoints (one is also written at the end)."),
-    seed: int = typer.Option(0, help="Seed of all training randomness."),
-    mixed_precision: str = typer.Option("no", help="no or bf16."),
+    config: Optional[Path] = typer.Option(None, help="JSON file with any of these options (and TrainConfig fields under \"train\"); command-line options win."),
+    init: Optional[str] = typer.Option(None, help="EDM network pickle, lowdiff-sched EDM checkpoint, or a training run to start from (its EMA network)."),
+    data: Optional[str] = typer.Option(None, help="EDM dataset (folder or zip of PNGs, dataset.json labels), or a named one: mnist, mnist:train."),
+    levels: Optional[str] = typer.Option(None, help="Resolutions low -> high, the last the network's [8,16,32]; only the network's own: train it unmodified."),
+    out: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, model.json, log.jsonl. An existing run resumes. [runs/lowdiff]"),
+    batch: Optional[int] = typer.Option(None, help="Global batch size (split over torchrun processes). [64]"),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps in total (a resumed run continues to this). [1000]"),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate. [0.001]"),
+    ema: Optional[float] = typer.Option(None, help="EMA half-life in thousands of images (EDM's ema_halflife_kimg). [500]"),
+    loss: Optional[str] = typer.Option(None, help="vp, ve or edm [the backbone's own]."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (one is also written at the end). [500]"),
+    seed: Optional[int] = typer.Option(None, help="Seed of all training randomness, and of a fresh network's init. [0]"),
+    mixed_precision: Optional[str] = typer.Option(None, help="no or bf16. [no]"),
     progress: bool = typer.Option(True, help="Show a progress bar with the loss per level."),
 ) -> None:
     """Retrofit an EDM network with LowDiff (LowDiffUNet.from_edm) and fine-tune it with the multi-resolution loss.
 
     Example: lowdiff-sched train --init edm-cifar10-32x32-uncond-vp.pkl --data cifar10.zip --levels 8,16,32 --out runs/c10 --batch 64 --steps 20000
 
+    From a committed config: lowdiff-sched train --config configs/mnist-base.json
+
     Several processes: torchrun --nproc-per-node 4 -m lowdiff_sched.cli train ...
     """
     with user_errors():
         import json
 
-        from lowdiff_sched.adapters.edm.checkpoint import load_edm
-        from lowdiff_sched.adapters.edm.lowdiff import MODEL_SPEC, LowDiffUNet, backbone_loss, model_spec
+        from lowdiff_sched.adapters.edm.lowdiff import MODEL_SPEC, backbone_loss, cascade_of, model_spec
+        from lowdiff_sched.datasets import dataset as named_dataset
+        from lowdiff_sched.datasets import is_named
         from lowdiff_sched.outputs import atomic_path, ensure_writable_dir
         from lowdiff_sched.training import ImageDataset, TrainConfig
         from lowdiff_sched.training import train as run_training
 
-        model = LowDiffUNet.from_edm(load_edm(init), parse_levels(levels))
-        dataset = ImageDataset(data)
-        config = TrainConfig(
-            steps=steps, batch=batch, lr=lr, ema_halflife_kimg=ema, loss=loss or backbone_loss(model),
-            checkpoint_every=checkpoint_every, seed=seed, mixed_precision=mixed_precision,
-            label_dim=int(model.net.label_dim),
-        )
+        file = read_train_config(config)
+        given = dict(init=init, data=data, levels=levels, out=out, batch=batch, steps=steps, lr=lr, ema=ema, loss=loss,
+                     checkpoint_every=checkpoint_every, seed=seed, mixed_precision=mixed_precision)
+        opt = {k: v if v is not None else file.get(k, TRAIN_DEFAULTS.get(k)) for k, v in given.items()}
+        for key in ("init", "data"):
+            if opt[key] is None:
+                raise UsageError(f"--{key} is required (on the command line or in --config)")
+        level_list = opt["levels"] if isinstance(opt["levels"], list) else parse_levels(str(opt["levels"]))
+        model = cascade_of(load_init(opt["init"], int(opt["seed"])), level_list)
+        dataset = named_dataset(opt["data"]) if is_named(str(opt["data"])) else ImageDataset(opt["data"])
+        extra = file.get("train", {})
+        if not isinstance(extra, dict):
+            raise UsageError(f'--config {config}: "train" must be an object of TrainConfig fields')
+        train_config = TrainConfig.from_dict({
+            **extra, "steps": opt["steps"], "batch": opt["batch"], "lr": opt["lr"], "ema_halflife_kimg": opt["ema"],
+            "loss": opt["loss"] or backbone_loss(model), "checkpoint_every": opt["checkpoint_every"], "seed": opt["seed"],
+            "mixed_precision": opt["mixed_precision"], "label_dim": int(model.net.label_dim),
+        })
         spec = model_spec(model)
-        out = ensure_writable_dir(out)
-        spec_file = out / MODEL_SPEC
+        out_dir = ensure_writable_dir(Path(opt["out"]))
+        spec_file = out_dir / MODEL_SPEC
         if spec_file.exists() and json.loads(spec_file.read_text()) != json.loads(json.dumps(spec)):
-            raise UsageError(f"{out} holds a run of a different model (see {spec_file}); choose another --out")
+            raise UsageError(f"{out_dir} holds a run of a different model (see {spec_file}); choose another --out")
         with atomic_path(spec_file) as tmp:
             tmp.write_text(json.dumps(spec, indent=2))
         try:
-            run_training(model, dataset, config, out, progress=progress)
+            run_training(model, dataset, train_config, out_dir, progress=progress)
         except KeyboardInterrupt:
-            typer.echo(f"interrupted: the last completed step is saved in {out}/; run the same command to resume", err=True)
+            typer.echo(f"interrupted: the last completed step is saved in {out_dir}/; run the same command to resume", err=True)
             raise typer.Exit(130) from None
-        typer.echo(f"trained {steps} steps; checkpoints and log in {out}/; sample with: lowdiff-sched sample --model {out}")
+        typer.echo(f"trained {train_config.steps} steps; checkpoints and log in {out_dir}/; sample with: lowdiff-sched sample --model {out_dir}")
 
 
 @app.command()
@@ -186,26 +275,86 @@ def info(
     Example: lowdiff-sched info edm-cifar10-32x32-uncond-vp.pkl --levels 8,16,32
     """
     with user_errors():
-        from lowdiff_sched.models import model_names
-
-        if model in model_names():
-            from lowdiff_sched.models import model_spec as registered
-
-            typer.echo(f"{model}: {registered(model).description}")
-            return
         from lowdiff_sched.adapters.edm.checkpoint import load_edm
         from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet, backbone_loss, load_run
+        from lowdiff_sched.models import load_model, model_names
+        from lowdiff_sched.models import model_spec as registered
 
         path = Path(model)
-        if path.is_dir() or (path.parent / "model.json").is_file():
+        if model in model_names():
+            typer.echo(f"{model}: {registered(model).description}")
+            cascade = load_model(model)
+            if not hasattr(cascade, "net"):
+                return
+        elif path.is_dir() or (path.parent / "model.json").is_file():
             cascade = load_run(path)
         else:
             cascade = LowDiffUNet.from_edm(load_edm(path), parse_levels(levels))
         base = sum(p.numel() for p in cascade.net.parameters())
-        extra = cascade.parameter_overhead
+        extra = getattr(cascade, "parameter_overhead", 0)
         typer.echo(f"backbone   {type(cascade.net).__name__}({type(cascade.net.model).__name__}), {base:,} parameters, loss {backbone_loss(cascade)}")
-        typer.echo(f"levels     {', '.join(f'{s}x{s}' for s in cascade.level_sizes)}")
-        typer.echo(f"retrofit   +{extra:,} parameters (+{extra / base:.3%}): {base / 1e6:.2f}M -> {(base + extra) / 1e6:.2f}M")
+        typer.echo(f"levels     {', '.join(f'{lv.shape[-1]}x{lv.shape[-1]}' for lv in cascade.levels)}"
+                   + (f", {cascade.label_dim} classes" if cascade.label_dim else ""))
+        if isinstance(cascade, LowDiffUNet):
+            typer.echo(f"retrofit   +{extra:,} parameters (+{extra / base:.3%}): {base / 1e6:.2f}M -> {(base + extra) / 1e6:.2f}M")
+        else:
+            typer.echo("retrofit   none: the network itself, one level")
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option("mnist-lowdiff", help="A 10-class MNIST model: mnist-lowdiff, mnist-base, or a training run."),
+    plan: str = typer.Option("mnist-3stage", help="Preset name or plan JSON file."),
+    n: int = typer.Option(2000, help="Digits to generate (one per seed; seed s gets class s mod 10)."),
+    seed_start: int = typer.Option(0, "--seed-start", help="First seed; seeds are seed-start .. seed-start + n - 1."),
+    batch: int = typer.Option(64, help="Samples per batch (timed per 64 samples)."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Append the result as a row to this CSV file."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+) -> None:
+    """FD-MNIST, class accuracy, seconds per 64 samples, NFE and effective NFE of a model under a plan.
+
+    Example: lowdiff-sched eval --model mnist-lowdiff --plan mnist-3stage --n 2000 --csv results.csv
+    """
+    with user_errors():
+        import torch
+
+        from lowdiff_sched import presets
+        from lowdiff_sched.evaluate import append_csv, evaluate
+        from lowdiff_sched.models import load_model
+
+        if n < 2:
+            raise UsageError(f"--n must be at least 2, got {n}")
+        if seed_start < 0:
+            raise UsageError(f"--seed-start must be non-negative, got {seed_start}")
+        if batch < 1:
+            raise UsageError(f"--batch must be a positive int, got {batch}")
+        cascade_plan = presets.load_plan(plan)
+        cascade = load_model(model, device=device)
+        with torch.no_grad():
+            result = evaluate(cascade, cascade_plan, seeds=range(seed_start, seed_start + n), batch=batch, model_name=model, device=device)
+        typer.echo(result.summary())
+        if csv_out is not None:
+            append_csv(csv_out, result)
+            typer.echo(f"appended a row to {csv_out}")
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="A training run folder (its latest checkpoint) or one checkpoint in it."),
+    out: Path = typer.Option(..., help="Output stem: writes OUT.json (model spec) and OUT.safetensors (EMA weights)."),
+    fp16: bool = typer.Option(True, help="Store the weights in float16 (they load as float32)."),
+) -> None:
+    """Write a run's EMA model as a model spec and safetensors weights, the form models ship in.
+
+    Example: lowdiff-sched export runs/mnist-lowdiff --out lowdiff_sched/weights/mnist-lowdiff
+    """
+    with user_errors():
+        import torch
+
+        from lowdiff_sched.adapters.edm.lowdiff import export_run
+
+        spec_path, weights_path = export_run(run, out, dtype=torch.float16 if fp16 else torch.float32)
+        typer.echo(f"wrote {spec_path} and {weights_path} ({weights_path.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command("plan")

@@ -109,6 +109,11 @@ class LowDiffUNet(nn.Module):
         return int(last.out_channels)
 
     @property
+    def label_dim(self) -> int:
+        """Number of classes the backbone is conditioned on (0: unconditional)."""
+        return int(self.net.label_dim)
+
+    @property
     def parameter_overhead(self) -> int:
         """Parameters added by the retrofit."""
         return sum(p.numel() for p in self.parameters()) - sum(p.numel() for p in self.net.parameters())
@@ -205,6 +210,11 @@ class EDMCascade(nn.Module):
         self.net = net
         self.levels = (Level((int(net.img_resolution),) * 2, int(net.img_channels)),)
 
+    @property
+    def label_dim(self) -> int:
+        """Number of classes the network is conditioned on (0: unconditional)."""
+        return int(self.net.label_dim)
+
     def denoise(self, x: Tensor, sigma: Tensor, *, level: int, cond: Tensor | None = None,
                 cond_sigma: Tensor | float | None = None, class_labels: Tensor | None = None, **extra: Any) -> Tensor:
         if level not in (0, -1) or cond is not None:
@@ -217,40 +227,64 @@ MODEL_SPEC = "model.json"
 _LOSS_OF_PRECOND = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
 
 
-def backbone_loss(model: LowDiffUNet) -> str:
+def backbone_loss(model: "LowDiffUNet | EDMCascade") -> str:
     """The backbone's own loss ("vp", "ve" or "edm"), which LowDiff keeps at every level."""
     return _LOSS_OF_PRECOND[type(model.net).__name__]
 
 
-def model_spec(model: LowDiffUNet) -> dict[str, Any]:
+def build_network(class_name: str, init_kwargs: dict[str, Any]) -> nn.Module:
+    """A fresh EDM precond network (VPPrecond/VEPrecond/EDMPrecond) from its init kwargs,
+    which it records as `init_kwargs` (as `load_edm` does), so runs can describe it."""
+    if class_name not in _LOSS_OF_PRECOND:
+        raise ValueError(f"unsupported backbone {class_name!r}; supported: {', '.join(_LOSS_OF_PRECOND)}")
+    if not isinstance(init_kwargs, dict):
+        raise ValueError(f"init_kwargs of {class_name} must be a JSON object, got {type(init_kwargs).__name__}")
+    kwargs = json.loads(json.dumps(init_kwargs))  # a plain copy, as it will be written
+    try:
+        net = NETWORK_CLASSES[class_name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"cannot build {class_name} from init_kwargs: {err}") from None
+    net.init_kwargs = kwargs
+    return net
+
+
+def cascade_of(
+    net: nn.Module, levels: Sequence[int], cond: str = "nearest", embed_cond_sigma: bool = True
+) -> "LowDiffUNet | EDMCascade":
+    """The cascade to train or sample for `levels`: the network itself (EDMCascade) when the
+    only level is its own resolution, else its LowDiff retrofit."""
+    levels = [int(r) for r in levels]
+    if levels == [int(getattr(net, "img_resolution", -1))]:
+        return EDMCascade(net)
+    return LowDiffUNet.from_edm(net, levels, cond, embed_cond_sigma)
+
+
+def model_spec(model: "LowDiffUNet | EDMCascade") -> dict[str, Any]:
     """JSON data that rebuilds `model`'s architecture (weights come from a checkpoint)."""
     init_kwargs = getattr(model.net, "init_kwargs", None)
     if init_kwargs is None:
         raise ValueError("the backbone's init kwargs are unknown: load it with load_edm, which records them")
-    return {
+    spec: dict[str, Any] = {
         "format": "lowdiff-sched/lowdiff-edm",
         "version": 1,
         "backbone": {"class_name": type(model.net).__name__, "init_kwargs": init_kwargs},
-        "levels": list(model.level_sizes),
-        "cond": model.cond_mode,
-        "embed_cond_sigma": model.embed_cond_sigma,
     }
+    if isinstance(model, EDMCascade):
+        return {**spec, "levels": [int(model.net.img_resolution)], "retrofit": False}
+    return {**spec, "levels": list(model.level_sizes), "cond": model.cond_mode, "embed_cond_sigma": model.embed_cond_sigma}
 
 
-def from_spec(spec: dict[str, Any]) -> LowDiffUNet:
+def from_spec(spec: dict[str, Any]) -> "LowDiffUNet | EDMCascade":
     """Build (untrained) the model a `model_spec` describes."""
     if not isinstance(spec, dict) or spec.get("format") != "lowdiff-sched/lowdiff-edm" or spec.get("version") != 1:
         raise ValueError("not a lowdiff-sched LowDiff EDM model spec (format/version)")
-    name = spec["backbone"]["class_name"]
-    if name not in _LOSS_OF_PRECOND:
-        raise ValueError(f"unsupported backbone {name!r}; supported: {', '.join(_LOSS_OF_PRECOND)}")
-    init_kwargs = dict(spec["backbone"]["init_kwargs"])
-    net = NETWORK_CLASSES[name](**init_kwargs)
-    net.init_kwargs = init_kwargs
+    net = build_network(spec["backbone"]["class_name"], spec["backbone"]["init_kwargs"])
+    if spec.get("retrofit", True) is False:
+        return EDMCascade(net)
     return LowDiffUNet.from_edm(net, spec["levels"], spec["cond"], spec["embed_cond_sigma"])
 
 
-def load_run(path: str | Path) -> LowDiffUNet:
+def load_run(path: str | Path) -> "LowDiffUNet | EDMCascade":
     """A trained LowDiff model from a training run folder (its latest checkpoint) or from one
     checkpoint file inside it, with the EMA weights, in eval mode."""
     from ...training.checkpoint import latest_checkpoint, load_weights
@@ -268,3 +302,43 @@ def load_run(path: str | Path) -> LowDiffUNet:
     except json.JSONDecodeError as err:
         raise ValueError(f"{str(spec_file)!r} is not valid JSON: {err}") from None
     return load_weights(from_spec(spec), checkpoint, "ema").eval()
+
+
+# ---- exported weights: a model spec and the EMA weights as safetensors ------------------------
+def export_run(run: str | Path, out: str | Path, *, dtype: torch.dtype = torch.float16) -> tuple[Path, Path]:
+    """Write a run's EMA model as `out`.json (its model spec) and `out`.safetensors (weights in
+    `dtype`), the form in which models ship with the package; returns both paths."""
+    from safetensors.torch import save_file
+
+    from ...outputs import atomic_path
+
+    run = Path(run)
+    model = load_run(run)
+    spec = json.loads((run if run.is_dir() else run.parent).joinpath(MODEL_SPEC).read_text())
+    out = Path(out)
+    spec_path, weights_path = out.with_suffix(".json"), out.with_suffix(".safetensors")
+    state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(weights_path) as tmp:
+        save_file(state, str(tmp))
+    with atomic_path(spec_path) as tmp:
+        tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    return spec_path, weights_path
+
+
+def load_exported(path: str | Path) -> "LowDiffUNet | EDMCascade":
+    """A model written by `export_run` (give either file or their common stem), float32, eval mode."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    spec_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
+    for p in (spec_path, weights_path):
+        if not p.is_file():
+            raise ValueError(f"exported model {str(path)!r} needs {p.name} beside it; not found")
+    try:
+        spec = json.loads(spec_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(spec_path)!r} is not valid JSON: {err}") from None
+    model = from_spec(spec)
+    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in load_file(str(weights_path)).items()}
+    model.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False)

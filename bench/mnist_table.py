@@ -1,0 +1,99 @@
+"""Quality against cost on real MNIST digits: the baseline at 35/19/11 NFE against the LowDiff
+cascades, all rows measured in one run on one machine, with the same seeds and classes.
+
+Rows: mnist-base with `mnist-base-35/19/11`, mnist-lowdiff with `mnist-3stage` and
+`mnist-2stage`. Columns: FD-MNIST, class accuracy, seconds per 64 samples, speed-up over
+baseline-35, NFE and effective NFE (FLOP-weighted). Writes a CSV, prints the markdown table,
+and with --plot draws FD against seconds.
+
+    python bench/mnist_table.py [--n 2000] [--csv docs/mnist-table.csv] [--plot docs/mnist-fd-vs-time.png]
+    python bench/mnist_table.py --base runs/mnist-base --lowdiff runs/mnist-lowdiff   # training runs instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from pathlib import Path
+
+import torch
+
+from lowdiff_sched import presets
+from lowdiff_sched.classifier import load_classifier
+from lowdiff_sched.evaluate import Evaluation, append_csv, evaluate, reference_stats
+from lowdiff_sched.models import load_model
+
+ROWS = [
+    ("base", "mnist-base-35"),
+    ("base", "mnist-base-19"),
+    ("base", "mnist-base-11"),
+    ("lowdiff", "mnist-3stage"),
+    ("lowdiff", "mnist-2stage"),
+]
+
+
+def markdown(results: list[Evaluation]) -> str:
+    ref = next(r for r in results if r.plan == "mnist-base-35")
+    lines = [
+        "| model | plan | FD-MNIST | class accuracy | s / 64 samples | speed-up | NFE | effective NFE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.model} | `{r.plan}` | {r.fd_mnist:.2f} | {r.class_accuracy:.1%} | {r.seconds_per_64:.2f} | "
+            f"{ref.seconds_per_64 / r.seconds_per_64:.2f}x | {r.nfe} | {r.effective_nfe} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[Evaluation], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for r in results:
+        lowdiff = "stage" in r.plan
+        ax.scatter(r.seconds_per_64, r.fd_mnist, marker="o" if lowdiff else "s", s=40, color="C1" if lowdiff else "C0")
+        ax.annotate(f"{r.plan} ({r.nfe} NFE)", (r.seconds_per_64, r.fd_mnist), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("seconds per 64 samples (this CPU)")
+    ax.set_ylabel("FD-MNIST (lower is better)")
+    ax.set_title("MNIST: LowDiff cascades (orange) vs single-resolution baseline (blue)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--base", default="mnist-base", help="baseline model name or training run")
+    parser.add_argument("--lowdiff", default="mnist-lowdiff", help="LowDiff model name or training run")
+    parser.add_argument("--csv", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None)
+    args = parser.parse_args()
+
+    models = {"base": (args.base, load_model(args.base)), "lowdiff": (args.lowdiff, load_model(args.lowdiff))}
+    classifier = load_classifier()
+    reference = reference_stats(classifier)
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, n={args.n}")
+    results = []
+    for key, plan_name in ROWS:
+        name, model = models[key]
+        result = evaluate(model, presets.get(plan_name), seeds=range(args.n), batch=args.batch, classifier=classifier,
+                          reference=reference, model_name=name)
+        print(result.summary(), flush=True)
+        results.append(result)
+        if args.csv is not None:
+            append_csv(args.csv, result)
+    print(markdown(results))
+    if args.plot is not None:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
