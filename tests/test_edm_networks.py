@@ -476,6 +476,8 @@ def test_group_norm_matches_formula_and_group_rule():
     assert GroupNorm(64, num_groups=8).num_groups == 8 and GroupNorm(64, min_channels_per_group=16).num_groups == 4
     with pytest.raises(ValueError, match="num_channels=3"):
         GroupNorm(3)
+    with pytest.raises(ValueError, match="num_channels=144 does not split into 32 groups"):
+        GroupNorm(144)  # model_channels=48 x 3: torch would fail only at the first forward
     gn = _randomize(GroupNorm(12, eps=1e-6), seed=11).double()
     x = _randn(2, 12, 4, 5, seed=12) * 3 + 1
     xs = x.reshape(2, 3, -1)

@@ -187,6 +187,12 @@ class GroupNorm(nn.Module):
             raise ValueError(
                 f"GroupNorm: num_channels={num_channels} is below min_channels_per_group={min_channels_per_group}"
             )
+        if num_channels % self.num_groups:
+            # EDM's networks would fail here only at the first forward, deep inside torch
+            raise ValueError(
+                f"GroupNorm: num_channels={num_channels} does not split into {self.num_groups} groups; "
+                "every channel count (model_channels x channel_mult) must be divisible by min(32, channels // 4)"
+            )
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
