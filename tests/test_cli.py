@@ -122,7 +122,7 @@ def test_bad_plan_files_and_out_dirs(tmp_path, small_plan):
 
 
 def test_help_shows_examples():
-    for command in ("sample", "plan", "presets", "models", "train", "info", "eval", "export"):
+    for command in ("sample", "plan", "presets", "models", "train", "info", "eval", "export", "tune-steps"):
         result = run(command, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout
 

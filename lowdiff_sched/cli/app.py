@@ -338,6 +338,52 @@ def eval_command(
             typer.echo(f"appended a row to {csv_out}")
 
 
+@app.command("tune-steps")
+def tune_steps(
+    model: str = typer.Option(..., help="Registered model name or training run."),
+    plan: str = typer.Option(..., help="The plan to tune: preset name or plan JSON file."),
+    reference: str = typer.Option(..., help="Reference plan (same levels and transitions, more steps): preset or JSON file."),
+    out: Path = typer.Option(..., help="Where to write the tuned plan (JSON; use it with sample --plan)."),
+    n_calib: int = typer.Option(16, help="Calibration samples (seeds seed-start .. seed-start + n-calib - 1)."),
+    candidates: int = typer.Option(5, help="Candidate sigmas per step between its neighbours."),
+    max_iter: int = typer.Option(10, help="Most sweeps over all steps."),
+    seed_start: int = typer.Option(0, help="First calibration seed."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+) -> None:
+    """C2F-DM's timestep redistribution (TRD): move each sigma of a plan to bring its samples
+    closer to a reference plan's on the same seeds; write the tuned plan.
+
+    Example: lowdiff-sched tune-steps --model gaussian-field --plan c2f.json --reference c2f-ref.json --out c2f-trd.json
+    """
+    with user_errors():
+        import torch
+
+        from lowdiff_sched import presets
+        from lowdiff_sched.c2f import redistribute_timesteps
+        from lowdiff_sched.models import load_model
+        from lowdiff_sched.outputs import atomic_path
+        from lowdiff_sched.sampling import seed_labels
+        from lowdiff_sched.training.data import one_hot
+
+        if seed_start < 0:
+            raise UsageError(f"--seed-start must be non-negative, got {seed_start}")
+        cascade_plan, reference_plan = presets.load_plan(plan), presets.load_plan(reference)
+        cascade = load_model(model, device=device)
+        seeds = list(range(seed_start, seed_start + max(n_calib, 0)))
+        extra = None
+        label_dim = int(getattr(cascade, "label_dim", 0))
+        if label_dim and seeds:
+            extra = {"class_labels": one_hot(torch.as_tensor(seed_labels(seeds, label_dim)), label_dim).to(device)}
+        result = redistribute_timesteps(
+            cascade, cascade_plan, reference_plan, n_calib=n_calib, n_candidates=candidates, max_iter=max_iter,
+            seeds=seeds, extra_args=extra,
+        )
+        with atomic_path(out) as tmp:
+            tmp.write_text(result.plan.to_json())
+        typer.echo(result.summary())
+        typer.echo(f"wrote {out}; sample with: lowdiff-sched sample --model {model} --plan {out}")
+
+
 @app.command()
 def export(
     run: Path = typer.Argument(..., help="A training run folder (its latest checkpoint) or one checkpoint in it."),
