@@ -22,6 +22,7 @@ _EXPORTS = {
     "Condition": "transitions",
     "Renoise": "transitions",
     "Continue": "transitions",
+    "Residual": "transitions",
     "StageOutput": "transitions",
     "sample_cascade": "sampling",
     "cascade_sampler": "sampling",

@@ -153,6 +153,11 @@ class CascadePlan:
                 f"stage {len(stages) - 1}: the last stage must run to sigma = 0, "
                 f"its sigmas end at {stages[-1].sigmas[-1].item()}"
             )
+        accumulating = [s.transition.accumulates for s in stages[1:]]  # type: ignore[union-attr]
+        if any(accumulating) and not all(accumulating):
+            raise ValueError("a residual (MSF) plan needs Residual transitions at every stage after the first: residuals only sum with residuals")
+        if any(accumulating) and len({s.transition.mode for s in stages[1:]}) > 1:  # type: ignore[union-attr]
+            raise ValueError("the Residual transitions of a plan must share one upsampling mode (the residuals are summed with it)")
         levels = [s.level for s in stages]
         if len({lv < 0 for lv in levels}) > 1:
             raise ValueError(f"levels mix negative and non-negative indices: {levels}; use one convention")
@@ -165,6 +170,11 @@ class CascadePlan:
 
     def __len__(self) -> int:
         return len(self.stages)
+
+    @property
+    def accumulates(self) -> bool:
+        """True for residual (MSF) plans: the sample is the sum of every stage's residual."""
+        return len(self.stages) > 1 and bool(self.stages[1].transition.accumulates)  # type: ignore[union-attr]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CascadePlan):

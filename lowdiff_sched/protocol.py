@@ -34,6 +34,27 @@ class Level:
         return self.channels * self.size[0] * self.size[1]
 
 
+def as_level(entry: Any, channels: int, index: int) -> Level:
+    """`levels[index]` given as an int (square), an (H, W) pair or a Level, with `channels`."""
+    if isinstance(entry, Level):
+        if entry.channels != channels:
+            raise ValueError(
+                f"levels[{index}] has {entry.channels} channels but channels={channels}"
+            )
+        return entry
+    if isinstance(entry, bool):
+        raise TypeError(f"levels[{index}] must be an int, an (H, W) pair or a Level, got {entry!r}")
+    if isinstance(entry, int):
+        if entry <= 0:
+            raise ValueError(f"levels[{index}] must be a positive size, got {entry!r}")
+        return Level((entry, entry), channels)
+    if isinstance(entry, (tuple, list)) and len(entry) == 2 and all(
+        isinstance(s, int) and not isinstance(s, bool) for s in entry
+    ):
+        return Level((entry[0], entry[1]), channels)
+    raise TypeError(f"levels[{index}] must be an int, an (H, W) pair or a Level, got {entry!r}")
+
+
 @runtime_checkable
 class ResolutionCascade(Protocol):
     """A denoiser defined at several resolutions, ordered from lowest to highest.

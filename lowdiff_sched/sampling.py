@@ -12,6 +12,7 @@ from torch import Tensor
 from .plan import CascadePlan, StagePlan
 from .protocol import Level, ResolutionCascade, stage_denoiser
 from .samplers import BROWNIAN_SAMPLERS, accepts_noise_sampler, resolve_sampler, sampler_name
+from .resample import upsample
 from .transitions import StageOutput
 
 NoiseSampler = Callable[[Tensor, Tensor], Tensor]
@@ -72,6 +73,8 @@ def _run_stages(
     """The cascade loop. `starts[k]` is stage k's fresh noise already times its first sigma."""
     levels = list(cascade.levels)
     indices = plan.level_indices(len(levels))
+    final_size = levels[indices[-1]].size
+    residual_mode = plan.stages[-1].transition.mode if plan.accumulates else None  # type: ignore[union-attr]
     outputs: list[StageOutput] = []
     for k, (stage, index) in enumerate(zip(plan.stages, indices)):
         sigmas = stage.sigmas.to(starts[k].device)
@@ -97,8 +100,17 @@ def _run_stages(
         if callback is not None:
             stage_callback = lambda info, k=k, index=index: callback({**info, "stage": k, "level": index})  # noqa: E731
         x = sampler(recorded, x, sigmas, extra_args=extra_args, callback=stage_callback, disable=disable, **kwargs)
-        outputs.append(StageOutput(index, x, last[0] if last else x, float(stage.sigmas[-1])))
+        total = None
+        if residual_mode is not None:
+            total = upsample(x, final_size, residual_mode)
+            total = total if k == 0 else outputs[-1].total + total  # type: ignore[operator]
+        outputs.append(StageOutput(index, x, last[0] if last else x, float(stage.sigmas[-1]), total))
     return outputs
+
+
+def _sample(output: StageOutput) -> Tensor:
+    """What a cascade produces: the last stage's state, or for residual plans the sum."""
+    return output.total if output.total is not None else output.x
 
 
 def _infer_device(cascade: ResolutionCascade) -> torch.device:
@@ -207,8 +219,11 @@ def sample_cascade(
                 torch.manual_seed(chunk[0] % 2**32)
                 chunks.append(run(starts, _noise_factory(gens), _split_extra(extra_args, len(seeds), lo, lo + step)))
         outputs = [
-            StageOutput(o[0].level, torch.cat([c[k].x for c in chunks]), torch.cat([c[k].denoised for c in chunks]), o[0].sigma)
-            for k, o in enumerate(zip(*chunks))
+            StageOutput(
+                o[0].level, torch.cat([c.x for c in o]), torch.cat([c.denoised for c in o]), o[0].sigma,
+                None if o[0].total is None else torch.cat([c.total for c in o]),  # type: ignore[misc]
+            )
+            for o in zip(*chunks)
         ]
     else:
         if noise is not None:
@@ -220,7 +235,7 @@ def sample_cascade(
             noise = [torch.randn((batch_size, *shape), generator=generator, device=device, dtype=dtype) for shape in shapes]
         starts = [n * stage.sigmas[0].to(n.device) for n, stage in zip(noise, plan.stages)]
         outputs = run(starts, _noise_factory(generator), extra_args)
-    return (outputs[-1].x, outputs) if return_stages else outputs[-1].x
+    return (_sample(outputs[-1]), outputs) if return_stages else _sample(outputs[-1])
 
 
 def cascade_sampler(plan: CascadePlan) -> Callable[..., Tensor]:
@@ -257,7 +272,7 @@ def cascade_sampler(plan: CascadePlan) -> Callable[..., Tensor]:
             model, full, [*starts, x], extra_args=extra_args, callback=callback, disable=disable,
             noise_factory=_noise_factory(None),
         )
-        return outputs[-1].x
+        return _sample(outputs[-1])
 
     sample.__name__ = f"sample_cascade_{plan.name or 'plan'}".replace("-", "_")
     sample.__doc__ = f"Cascade sampler for plan {plan.name or '(unnamed)'}; k-diffusion sampler signature."

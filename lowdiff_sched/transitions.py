@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .protocol import Level
 from .kernels import upsample_renoise
-from .resample import UPSAMPLE_MODES, integer_factor, upsample
+from .resample import UPSAMPLE_MODES, downsample, integer_factor, upsample
 
 
 class StageOutput(NamedTuple):
@@ -27,6 +27,7 @@ class StageOutput(NamedTuple):
     x: Tensor  # final state, still noisy at `sigma` when the stage was truncated
     denoised: Tensor  # the last x0 estimate the stage's sampler computed
     sigma: float  # the stage's last sigma
+    total: Tensor | None = None  # residual cascades (MSF): the sum of the residuals so far, at the final size
 
 
 class StageStart(NamedTuple):
@@ -46,6 +47,9 @@ class Transition(ABC):
     kind: ClassVar[str] = ""
     # True when the next stage's network was trained on the level right below it (LowDiff).
     needs_adjacent_levels: ClassVar[bool] = False
+    # True when stages generate residuals whose upsampled sum is the sample (MSF): the
+    # sampling loop then keeps the running sum in StageOutput.total, upsampled with `mode`.
+    accumulates: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -157,4 +161,33 @@ class Continue(Transition):
             raise ValueError(
                 f"stage {stage}: transition continue needs sigmas[0] = {factor} * {prev_sigma_end} = {expected} "
                 f"(factor times the previous stage's last sigma), got {sigma_start}"
+            )
+
+
+@dataclass(frozen=True)
+class Residual(Transition):
+    """MSF (Alg. 3): the next stage generates a residual from fresh noise, conditioned on the
+    input prior: the sum of all residuals so far at the final size (StageOutput.total),
+    downsampled to the next level. The sample is the final sum (`msf.accumulate`)."""
+
+    mode: str = "bilinear"  # how residuals are upsampled into the sum, as in msf.factorize
+    kind: ClassVar[str] = "residual"
+    accumulates: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+
+    def start(self, prev: StageOutput, x_noise: Tensor, sigma_start: float, level: Level) -> StageStart:
+        if prev.total is None:
+            raise ValueError("transition residual needs the running sum of residuals (StageOutput.total)")
+        return StageStart(x_noise, downsample(prev.total, level.size), 0.0)
+
+    def validate(
+        self, stage: int, prev_sigma_end: float, sigma_start: float, prev_level: Level | None, level: Level | None
+    ) -> None:
+        super().validate(stage, prev_sigma_end, sigma_start, prev_level, level)
+        if prev_sigma_end != 0:
+            raise ValueError(
+                f"stage {stage}: transition residual needs the previous stage to finish its residual (run to sigma = 0), "
+                f"its sigmas end at {prev_sigma_end}"
             )

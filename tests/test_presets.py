@@ -15,10 +15,10 @@ from lowdiff_sched.samplers import resolve_sampler
 from lowdiff_sched.transitions import Condition
 
 NAMES = presets.names()
-LOWDIFF_EDM = ("cifar10-3stage", "cifar10-2stage", "ffhq64-4stage", "ffhq64-2stage")
+LOWDIFF_EDM = ("cifar10-3stage", "cifar10-2stage", "ffhq64-4stage", "ffhq64-2stage", "mnist-3stage", "mnist-2stage")
 LOWDIFF_DIT = ("imagenet256-dit-b1", "imagenet256-dit-xl1")
 # EDM's baseline step count per dataset: the lowest stage's schedule is this one, truncated
-EDM_STEPS = {"cifar10": 18, "ffhq64": 40}
+EDM_STEPS = {"cifar10": 18, "ffhq64": 40, "mnist": 18}
 
 
 def cascade_for(name: str, n_levels: int) -> list[Level]:
@@ -27,6 +27,8 @@ def cascade_for(name: str, n_levels: int) -> list[Level]:
         top, channels = 16, 32
     elif name.startswith("ffhq64"):
         top, channels = 64, 3
+    elif name.startswith("mnist"):
+        top, channels = 32, 1
     else:
         assert name.startswith("cifar10"), name
         top, channels = 32, 3

@@ -25,32 +25,12 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..protocol import Level
+from ..protocol import Level, as_level
 from ..resample import downsample, integer_factor
 
 __all__ = ["GaussianFieldCascade"]
 
 _COND_MODES: tuple[str, ...] = ("nearest",)
-
-
-def _as_level(entry: Any, channels: int, index: int) -> Level:
-    if isinstance(entry, Level):
-        if entry.channels != channels:
-            raise ValueError(
-                f"levels[{index}] has {entry.channels} channels but channels={channels}"
-            )
-        return entry
-    if isinstance(entry, bool):
-        raise TypeError(f"levels[{index}] must be an int, an (H, W) pair or a Level, got {entry!r}")
-    if isinstance(entry, int):
-        if entry <= 0:
-            raise ValueError(f"levels[{index}] must be a positive size, got {entry!r}")
-        return Level((entry, entry), channels)
-    if isinstance(entry, (tuple, list)) and len(entry) == 2 and all(
-        isinstance(s, int) and not isinstance(s, bool) for s in entry
-    ):
-        return Level((entry[0], entry[1]), channels)
-    raise TypeError(f"levels[{index}] must be an int, an (H, W) pair or a Level, got {entry!r}")
 
 
 def _per_channel(name: str, value: Any, channels: int) -> tuple[float, ...]:
@@ -116,7 +96,7 @@ class GaussianFieldCascade:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         if isinstance(levels, (int, Level)) or not isinstance(levels, Sequence) or len(levels) == 0:
             raise ValueError(f"levels must be a non-empty sequence of sizes, got {levels!r}")
-        self.levels: tuple[Level, ...] = tuple(_as_level(e, channels, i) for i, e in enumerate(levels))
+        self.levels: tuple[Level, ...] = tuple(as_level(e, channels, i) for i, e in enumerate(levels))
         self._factors: tuple[int, ...] = (1,)
         for i in range(1, len(self.levels)):
             low, high = self.levels[i - 1].size, self.levels[i].size
