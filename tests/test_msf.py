@@ -148,3 +148,68 @@ def test_residual_plans_are_data_and_are_checked():
         cascade.denoise(torch.zeros(1, 1, 8, 8), torch.ones(1), level=1)
     with pytest.raises(ValueError, match="one callable denoiser per scale"):
         MSFCascade([base_denoiser], [4, 8], channels=1)
+
+
+# ---- the per-scale rectified-flow loss and the flow denoiser ---------------------------------
+
+from lowdiff_sched.flow import velocity_denoiser  # noqa: E402
+from lowdiff_sched.training import msf_loss  # noqa: E402
+
+
+def test_msf_loss_is_zero_for_the_true_velocity_and_teacher_forces_the_priors():
+    """Velocity "networks" that know the true residuals give v = (r - z_t) / (1 - t) exactly;
+    each scale i >= 1 must be handed the prior made from the true residuals below it."""
+    sizes = [(6, 6), (10, 8), (16, 16)]
+    x = torch.randn(4, 2, 16, 16, generator=torch.Generator().manual_seed(3))
+    residuals = factorize(x, sizes)
+    priors = input_priors(residuals, sizes)
+    seen = {}
+
+    def oracle(i):
+        def v(z_t, t, cond=None, label=None):
+            seen[i] = (cond, label)
+            return (residuals[i] - z_t) / (1 - t).view(-1, 1, 1, 1)
+
+        return v
+
+    total, per_scale = msf_loss([oracle(i) for i in range(3)], x, sizes, generator=torch.Generator().manual_seed(0), label="c")
+    assert float(total) < 1e-10 and set(per_scale) == {0, 1, 2}
+    assert seen[0] == (None, "c")
+    for i in (1, 2):
+        torch.testing.assert_close(seen[i][0], priors[i - 1], rtol=0, atol=0)
+        assert seen[i][1] == "c"
+
+
+def test_msf_loss_matches_eq5_by_hand_and_trains_each_scale_separately():
+    sizes = [8, 16]
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    nets = [torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Conv2d(2, 1, 3, padding=1)]
+    v0 = lambda z, t: nets[0](z) * t.view(-1, 1, 1, 1)  # noqa: E731
+    v1 = lambda z, t, cond: nets[1](torch.cat([z, cond], 1))  # noqa: E731
+    total, per_scale = msf_loss([v0, v1], x, sizes, generator=torch.Generator().manual_seed(1))
+    # Eq. 5 by hand with the same draws: noise then t, scale by scale
+    gen = torch.Generator().manual_seed(1)
+    r0, r1 = factorize(x, sizes)
+    z0 = torch.randn(r0.shape, generator=gen)
+    t0 = torch.rand(3, generator=gen)
+    z1 = torch.randn(r1.shape, generator=gen)
+    t1 = torch.rand(3, generator=gen)
+    zt0 = t0.view(-1, 1, 1, 1) * r0 + (1 - t0).view(-1, 1, 1, 1) * z0
+    zt1 = t1.view(-1, 1, 1, 1) * r1 + (1 - t1).view(-1, 1, 1, 1) * z1
+    want0 = (r0 - z0 - v0(zt0, t0)).square().mean()
+    want1 = (r1 - z1 - v1(zt1, t1, upsample(r0, (16, 16), "bilinear"))).square().mean()
+    torch.testing.assert_close(per_scale[0], want0)
+    torch.testing.assert_close(per_scale[1], want1)
+    per_scale[1].backward()
+    assert nets[0].weight.grad is None and nets[1].weight.grad is not None
+    with pytest.raises(ValueError, match="one velocity network per scale"):
+        msf_loss([v0], x, sizes)
+
+
+def test_velocity_denoiser_recovers_the_data_for_the_true_velocity():
+    """x = x0 + sigma * eps; with v = x0 - eps the flow denoiser returns x0 for every sigma."""
+    gen = torch.Generator().manual_seed(7)
+    x0, eps = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64), torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64)
+    for sigma in (0.01, 0.5, 3.0, 200.0):
+        denoise = velocity_denoiser(lambda z_t, t: x0 - eps)
+        torch.testing.assert_close(denoise(x0 + sigma * eps, torch.full((2,), sigma, dtype=torch.float64)), x0)

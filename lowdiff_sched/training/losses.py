@@ -1,4 +1,5 @@
-"""EDM's three training-noise distributions and loss weights, and LowDiff's multi-resolution loss.
+"""EDM's three training-noise distributions and loss weights, LowDiff's multi-resolution loss,
+and MSF's per-scale rectified-flow loss.
 
 Each loss class says only how sigma is drawn and how a sample at that sigma is weighted;
 `multires_loss` applies one of them identically at every level of a cascade (LowDiff Alg. 1).
@@ -7,7 +8,7 @@ Each loss class says only how sigma is drawn and how a sample at that sigma is w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -208,3 +209,39 @@ def multires_loss(
         total = total + loss
     return total, per_level
 
+
+
+def msf_loss(
+    velocities: Sequence[Callable[..., Tensor]],
+    x: Tensor,
+    sizes: Sequence[Sequence[int]],
+    *,
+    base: Tensor | None = None,
+    mode: str = "bilinear",
+    generator: torch.Generator | None = None,
+    **extra: Any,
+) -> tuple[Tensor, dict[int, Tensor]]:
+    """MSF's per-scale rectified-flow loss with teacher forcing (msf.txt Eq. 5).
+
+    x [B, C, *sizes[-1]] is factorized into residuals r_i (Alg. 1; `base` for the latent
+    variant); scale i's network sees z_t = t r_i + (1 - t) z0 with t ~ U[0, 1) and, for
+    i >= 1, the input prior computed from the TRUE residuals below it (Alg. 2: teacher
+    forcing, so all scales train in parallel), and regresses v = r_i - z0:
+    velocities[i](z_t, t, cond=prior_i, **extra). Returns the sum over scales and each
+    scale's mean squared error.
+    """
+    from ..msf import factorize, input_priors
+
+    if len(velocities) != len(sizes):
+        raise ValueError(f"need one velocity network per scale ({len(sizes)}), got {len(velocities)}")
+    residuals = factorize(x, sizes, base=base, mode=mode)
+    priors = [None, *input_priors(residuals, sizes, mode)]
+    per_scale: dict[int, Tensor] = {}
+    for i, (v_fn, r, prior) in enumerate(zip(velocities, residuals, priors)):
+        z0 = _randn(r.shape, generator, r.device, r.dtype)
+        t = _rand(r.shape[0], generator, r.device).to(r.dtype)
+        z_t = t.view(-1, 1, 1, 1) * r + (1 - t).view(-1, 1, 1, 1) * z0
+        kwargs = extra if prior is None else {**extra, "cond": prior}
+        v = v_fn(z_t, t, **kwargs)
+        per_scale[i] = (r - z0 - v).square().mean()
+    return torch.stack(list(per_scale.values())).sum(), per_scale
