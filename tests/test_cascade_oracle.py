@@ -74,3 +74,30 @@ def test_a_wrong_hand_over_is_detected():
 
 def test_too_few_steps_are_detected():
     assert fd(ORACLE, lowdiff_plan(2, steps=4)) > 3 * FLOOR
+
+
+# ---- MSF and C2F on the oracle -------------------------------------------------------------------
+
+
+def test_msf_two_scale_cascade_reproduces_the_distribution():
+    """MSF (Alg. 3) with exact per-scale models: 8x8 base, 16x16 residual given its prior."""
+    from lowdiff_sched.adapters.analytic import exact_msf
+    from lowdiff_sched.transitions import Residual
+
+    msf = exact_msf(GaussianFieldCascade(levels=(8, 16), channels=1))
+    plan = CascadePlan([StagePlan(0, karras_sigmas(30), "heun"), StagePlan(1, karras_sigmas(30), "heun", transition=Residual())])
+    assert fd(msf, plan) < 1.2 * FLOOR + 0.02
+    few = CascadePlan([StagePlan(0, karras_sigmas(2), "euler"), StagePlan(1, karras_sigmas(2), "euler", transition=Residual())])
+    assert fd(msf, few) > 3 * FLOOR  # and the test can fail
+
+
+def test_c2f_renoise_cascade_reproduces_the_distribution_from_a_high_enough_sigma():
+    """C2F: the clean 8x8 estimate upsampled and re-noised; from sigma = 40 the 16x16 stage
+    regenerates what the upsampling lost. From sigma = 0.5 it cannot."""
+    from lowdiff_sched.transitions import Renoise
+
+    def c2f(start: float) -> CascadePlan:
+        return CascadePlan([StagePlan(-2, karras_sigmas(20), "heun"), StagePlan(-1, karras_sigmas(40, 0.002, start), "heun", transition=Renoise())])
+
+    assert fd(ORACLE, c2f(40.0)) < 1.2 * FLOOR + 0.02
+    assert fd(ORACLE, c2f(0.5)) > 2 * FLOOR

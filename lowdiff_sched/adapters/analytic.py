@@ -332,3 +332,52 @@ class GaussianFieldCascade:
             f"GaussianFieldCascade(levels=[{sizes}], channels={self.channels}, "
             f"alpha={self.alpha:g}, k0={self.k0:g}, mean={self.mean}, std={self.std})"
         )
+
+
+def exact_msf(field: GaussianFieldCascade, mode: str = "bilinear"):  # -> MSFCascade
+    """MSF's per-scale models for a Gaussian field, exactly: scale i's denoiser is the true
+    posterior mean of its residual r_i given the noisy residual and its input prior p_i
+    (the law MSF's scale-i network learns). The field's levels are the scales.
+
+    Residuals and priors are linear in the sample, so (r_i, p_i) is jointly Gaussian; the
+    matrices come from running `msf.factorize` / `msf.input_priors` on the identity. With
+    two scales the prior determines r_0, so sampling reproduces the field's law exactly;
+    with more, p_i is a lossy summary of the scales below and MSF's factorised sampling is
+    itself an approximation, which this oracle makes measurable. Dense: keep D small.
+    """
+    from ..msf import MSFCascade, factorize, input_priors
+
+    sizes = [lv.size for lv in field.levels]
+    C, H, W = field.levels[-1].shape
+    D = C * H * W
+    basis = torch.eye(D, dtype=torch.float64).view(D, C, H, W)
+    residuals = factorize(basis, sizes, mode=mode)
+    R = [r.reshape(D, -1).T for r in residuals]  # r_i = R_i x
+    Q = [None, *(p.reshape(D, -1).T for p in input_priors(residuals, sizes, mode))]  # p_i = Q_i x
+    S, mu = field.covariance(-1), field.mean_vector(-1)
+
+    def denoiser(i: int):
+        Ri = R[i]
+        m0 = Ri @ mu
+        if Q[i] is None:
+            gain, offset, cov = None, m0, Ri @ S @ Ri.T
+        else:
+            Qi = Q[i]
+            c_rp, c_pp = Ri @ S @ Qi.T, Qi @ S @ Qi.T
+            gain = c_rp @ torch.linalg.pinv(c_pp, hermitian=True, rtol=1e-10)
+            offset, cov = m0 - gain @ (Qi @ mu), Ri @ S @ Ri.T - gain @ c_rp.T
+        lam, vec = torch.linalg.eigh((cov + cov.T) / 2)
+        lam = lam.clamp_min(0)
+        shape = residuals[i].shape[1:]
+
+        def denoise(x: Tensor, sigma: Tensor, cond: Tensor | None = None, **extra: Any) -> Tensor:
+            b = x.shape[0]
+            y = x.reshape(b, -1).to(torch.float64)
+            m = offset.expand(b, -1) if gain is None else offset + cond.reshape(b, -1).to(torch.float64) @ gain.T
+            s2 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1).expand(b, 1) ** 2
+            coef = ((y - m) @ vec) * (lam / (lam + s2))
+            return (m + coef @ vec.T).reshape(b, *shape).to(x.dtype)
+
+        return denoise
+
+    return MSFCascade([denoiser(i) for i in range(len(sizes))], field.levels, C)
