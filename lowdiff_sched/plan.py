@@ -27,6 +27,8 @@ class StagePlan:
     final resolution), so one plan fits cascades with extra lower levels. `sampler` is a
     k-diffusion name ("heun" -> k_diffusion.sampling.sample_heun) or a callable with that
     signature. `transition` seeds this stage from the previous one (None for the first).
+    `denoiser_kwargs` go to the cascade's `denoise` at this stage only, e.g. MSF's per-scale
+    guidance {"cfg_scale": 1.4} for the base and 1.0 for residuals (JSON-able values).
     """
 
     level: int
@@ -34,6 +36,7 @@ class StagePlan:
     sampler: str | Callable[..., Tensor] = "heun"
     sampler_kwargs: Mapping[str, Any] = field(default_factory=dict)
     transition: Transition | None = None
+    denoiser_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.level, bool) or not isinstance(self.level, int):
@@ -49,6 +52,9 @@ class StagePlan:
         if not isinstance(self.sampler_kwargs, Mapping):
             raise TypeError(f"sampler_kwargs must be a mapping, got {type(self.sampler_kwargs).__name__}")
         object.__setattr__(self, "sampler_kwargs", dict(self.sampler_kwargs))
+        if not isinstance(self.denoiser_kwargs, Mapping) or not all(isinstance(k, str) for k in self.denoiser_kwargs):
+            raise TypeError(f"denoiser_kwargs must be a mapping with str keys, got {self.denoiser_kwargs!r}")
+        object.__setattr__(self, "denoiser_kwargs", dict(self.denoiser_kwargs))
         if self.transition is not None and not isinstance(self.transition, Transition):
             raise TypeError(f"transition must be a Transition or None, got {type(self.transition).__name__}")
 
@@ -75,6 +81,7 @@ class StagePlan:
             and self.sampler == other.sampler
             and self.sampler_kwargs == other.sampler_kwargs
             and self.transition == other.transition
+            and self.denoiser_kwargs == other.denoiser_kwargs
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +95,7 @@ class StagePlan:
             "sampler": name,
             "sampler_kwargs": self.sampler_kwargs,
             "transition": None if self.transition is None else self.transition.to_dict(),
+            **({"denoiser_kwargs": self.denoiser_kwargs} if self.denoiser_kwargs else {}),
         }
 
 
@@ -97,7 +105,7 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 def _stage_from_dict(data: Any, index: int) -> StagePlan:
     if not isinstance(data, dict):
         raise ValueError(f"stage {index}: must be an object, got {type(data).__name__}")
-    known = {"level", "sigmas", "dtype", "sampler", "sampler_kwargs", "transition"}
+    known = {"level", "sigmas", "dtype", "sampler", "sampler_kwargs", "transition", "denoiser_kwargs"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"stage {index}: unknown field(s) {sorted(unknown)}")
@@ -122,6 +130,7 @@ def _stage_from_dict(data: Any, index: int) -> StagePlan:
             sampler=data.get("sampler", "heun"),
             sampler_kwargs=data.get("sampler_kwargs", {}),
             transition=transition,
+            denoiser_kwargs=data.get("denoiser_kwargs", {}),
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"stage {index}: {err}") from None

@@ -91,8 +91,10 @@ def _run_stages(
         model = stage_denoiser(cascade, index, cond, cond_sigma)
         last: list[Tensor] = []
 
+        stage_kwargs = dict(stage.denoiser_kwargs)  # the plan's per-stage options win over extra_args
+
         def recorded(x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
-            denoised = model(x, sigma, **extra)
+            denoised = model(x, sigma, **{**extra, **stage_kwargs})
             last[:] = [denoised]
             return denoised
 

@@ -213,3 +213,26 @@ def test_velocity_denoiser_recovers_the_data_for_the_true_velocity():
     for sigma in (0.01, 0.5, 3.0, 200.0):
         denoise = velocity_denoiser(lambda z_t, t: x0 - eps)
         torch.testing.assert_close(denoise(x0 + sigma * eps, torch.full((2,), sigma, dtype=torch.float64)), x0)
+
+
+def test_per_stage_denoiser_kwargs_reach_each_scale_and_round_trip():
+    """MSF's per-scale guidance: the plan carries cfg_scale per stage (1.4 base, 1.0 residual)."""
+    seen = []
+
+    def base(x, sigma, cfg_scale, label):
+        seen.append(("base", cfg_scale, label))
+        return base_denoiser(x, sigma)
+
+    def resid(x, sigma, cond, cfg_scale, label):
+        seen.append(("residual", cfg_scale, label))
+        return residual_denoiser(0.5)(x, sigma, cond)
+
+    plan = CascadePlan([
+        StagePlan(0, karras_sigmas(3), "euler", denoiser_kwargs={"cfg_scale": 1.4}),
+        StagePlan(1, karras_sigmas(2), "euler", transition=Residual(), denoiser_kwargs={"cfg_scale": 1.0}),
+    ])
+    assert CascadePlan.from_json(plan.to_json()) == plan
+    sample_cascade(MSFCascade([base, resid], [4, 8], channels=1), plan, seeds=[0], extra_args={"label": 3})
+    assert seen == [("base", 1.4, 3)] * 3 + [("residual", 1.0, 3)] * 2
+    with pytest.raises(TypeError, match="denoiser_kwargs"):
+        StagePlan(0, karras_sigmas(3), denoiser_kwargs=[1])
