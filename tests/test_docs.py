@@ -43,3 +43,13 @@ def test_readme_quick_start_names_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     quick = readme.split("## Quick start", 1)[1].split("##", 1)[0]
     assert "make demo" in quick and "make test" in quick
+
+
+def test_local_links_and_pictures_exist():
+    """Every relative link and picture in the README and docs/ points at a file of the repo."""
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            path = target.split("#", 1)[0]
+            if not path or "://" in path:
+                continue
+            assert (page.parent / path).exists(), f"{page.relative_to(ROOT)} links to missing {target}"

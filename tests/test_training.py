@@ -337,6 +337,10 @@ def test_config_is_json_data_and_validated():
         TrainConfig.from_dict({**cfg.to_dict(), "epochs": 3})
     assert resume_conflicts(cfg.to_dict(), config(levels=[1], grad_clip=1.0, mixed_precision="bf16", steps=99)) == []
     assert resume_conflicts(cfg.to_dict(), config(levels=[1], grad_clip=1.0, mixed_precision="bf16", seed=4)) == ["seed"]
+    # a run saved before a field existed resumes as if it had the field's default
+    older = {k: v for k, v in cfg.to_dict().items() if k != "alternate_levels"}
+    assert resume_conflicts(older, cfg) == []
+    assert resume_conflicts(older, config(levels=[1], grad_clip=1.0, mixed_precision="bf16", alternate_levels=True)) == ["alternate_levels"]
 
 
 # -- the loop -------------------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def parse_levels(text: str) -> list[int]:
 # other fields under "train"), and options given on the command line win.
 TRAIN_DEFAULTS = {
     "levels": "8,16,32", "out": "runs/lowdiff", "batch": 64, "steps": 1000, "lr": 1e-3, "ema": 500.0,
-    "loss": None, "checkpoint_every": 500, "seed": 0, "mixed_precision": "no",
+    "loss": None, "checkpoint_every": 500, "seed": 0, "mixed_precision": "no", "method": "lowdiff",
 }
 TRAIN_CONFIG_KEYS = {"init", "data", "train", *TRAIN_DEFAULTS}
 
@@ -212,6 +212,10 @@ def train(
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (one is also written at the end). [500]"),
     seed: Optional[int] = typer.Option(None, help="Seed of all training randomness, and of a fresh network's init. [0]"),
     mixed_precision: Optional[str] = typer.Option(None, help="no or bf16. [no]"),
+    method: Optional[str] = typer.Option(
+        None, help="lowdiff (per-level layers, conditioned on the level below) or c2f (C2F-DM: a resolution label, "
+        "levels trained unconditionally in alternate steps; sample with a Renoise plan). [lowdiff]"
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar with the loss per level."),
 ) -> None:
     """Retrofit an EDM network with LowDiff (LowDiffUNet.from_edm) and fine-tune it with the multi-resolution loss.
@@ -234,13 +238,13 @@ def train(
 
         file = read_train_config(config)
         given = dict(init=init, data=data, levels=levels, out=out, batch=batch, steps=steps, lr=lr, ema=ema, loss=loss,
-                     checkpoint_every=checkpoint_every, seed=seed, mixed_precision=mixed_precision)
+                     checkpoint_every=checkpoint_every, seed=seed, mixed_precision=mixed_precision, method=method)
         opt = {k: v if v is not None else file.get(k, TRAIN_DEFAULTS.get(k)) for k, v in given.items()}
         for key in ("init", "data"):
             if opt[key] is None:
                 raise UsageError(f"--{key} is required (on the command line or in --config)")
         level_list = opt["levels"] if isinstance(opt["levels"], list) else parse_levels(str(opt["levels"]))
-        model = cascade_of(load_init(opt["init"], int(opt["seed"])), level_list)
+        model = cascade_of(load_init(opt["init"], int(opt["seed"])), level_list, method=str(opt["method"]))
         dataset = named_dataset(opt["data"]) if is_named(str(opt["data"])) else ImageDataset(opt["data"])
         extra = file.get("train", {})
         if not isinstance(extra, dict):
@@ -249,6 +253,7 @@ def train(
             **extra, "steps": opt["steps"], "batch": opt["batch"], "lr": opt["lr"], "ema_halflife_kimg": opt["ema"],
             "loss": opt["loss"] or backbone_loss(model), "checkpoint_every": opt["checkpoint_every"], "seed": opt["seed"],
             "mixed_precision": opt["mixed_precision"], "label_dim": int(model.net.label_dim),
+            "alternate_levels": opt["method"] == "c2f" and len(model.levels) > 1,
         })
         spec = model_spec(model)
         out_dir = ensure_writable_dir(Path(opt["out"]))

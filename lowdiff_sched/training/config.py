@@ -21,8 +21,9 @@ class TrainConfig:
     of `ema_halflife_kimg` thousand images, ramped up as `ema_rampup_ratio` * images seen so far
     (None: no ramp-up). The learning rate ramps linearly over `lr_rampup_kimg` (0: none).
     `grad_clip` is a max global gradient norm (None: no clipping). `levels` restricts the loss
-    to some cascade levels (None: all). Checkpoints are written every `checkpoint_every` steps
-    (0: only at the end), and the newest `keep_checkpoints` are kept.
+    to some cascade levels (None: all); `alternate_levels` trains one of them per step, in turn
+    (C2F-DM's alternating low/high batches). Checkpoints are written every `checkpoint_every`
+    steps (0: only at the end), and the newest `keep_checkpoints` are kept.
     """
 
     steps: int
@@ -41,6 +42,7 @@ class TrainConfig:
     levels: list[int] | None = None
     log_every: int = 50
     workers: int = 0
+    alternate_levels: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> ValueError:
@@ -59,6 +61,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
                 raise bad(name, "None or a positive number")
+        if not isinstance(self.alternate_levels, bool):
+            raise bad("alternate_levels", "a bool")
         if self.mixed_precision not in PRECISIONS:
             raise bad("mixed_precision", f"one of {PRECISIONS}")
         if self.loss not in LOSSES:
@@ -92,4 +96,6 @@ class TrainConfig:
 def resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     """Fields whose change would make a resumed run differ from an uninterrupted one."""
     now = config.to_dict()
-    return sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    # a field added after the run was saved counts as its default
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k])

@@ -171,15 +171,22 @@ class _Run:
         # does not depend on the number of processes.
         share = cfg.batch // self.procs.world
         rows = (self.procs.rank * share, (self.procs.rank + 1) * share)
-        noise = draw_multires_noise(self.model.levels, cfg.batch, self.loss_fn, generator=self.noise_generator, levels=cfg.levels, device=self.device)
+        levels = self.step_levels()
+        noise = draw_multires_noise(self.model.levels, cfg.batch, self.loss_fn, generator=self.noise_generator, levels=levels, device=self.device)
         noise = {i: z.rows(*rows) for i, z in noise.items()}
         self.optimizer.zero_grad(set_to_none=True)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.mixed_precision == "bf16" else nullcontext()
         with autocast:
-            total, per_level = multires_loss(self.model, images, self.loss_fn, class_labels=class_labels, levels=cfg.levels, noise=noise)
+            total, per_level = multires_loss(self.model, images, self.loss_fn, class_labels=class_labels, levels=levels, noise=noise)
         total.backward()
         average_gradients(self.model, self.procs)
-        return torch.stack([per_level[i] for i in sorted(per_level)])
+        nan = total.new_tensor(float("nan"))  # levels not trained this step (alternate_levels)
+        return torch.stack([per_level.get(i, nan).float() for i in check_level_ids(self.model.levels, cfg.levels)])
+
+    def step_levels(self) -> list[int]:
+        """The levels this step trains: all of config.levels, or one in turn (alternate_levels)."""
+        ids = check_level_ids(self.model.levels, self.config.levels)
+        return [ids[self.step % len(ids)]] if self.config.alternate_levels else ids
 
     def update(self) -> None:
         """Clip, step the optimizer and the EMA (EDM's schedule for lr ramp-up and EMA decay)."""
@@ -256,7 +263,7 @@ class _LossLog:
     def __init__(self, path: Path, levels: list[int], total: int, initial: int, *, show: bool, write: bool) -> None:
         self.path, self.levels, self.write = path, levels, write
         self.sum: Tensor | None = None
-        self.count = 0
+        self.count: Tensor | int = 0
         self.bar = None
         if show:
             try:
@@ -267,18 +274,21 @@ class _LossLog:
                 self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
     def add(self, step: int, losses: Tensor, *, flush: bool) -> None:
-        self.sum = losses.detach().double() if self.sum is None else self.sum + losses.detach().double()
-        self.count += 1
+        """Add one step's per-level losses (NaN for a level the step did not train)."""
+        losses = losses.detach().double()
+        seen = (~losses.isnan()).double()
+        self.sum = losses.nan_to_num(0.0) if self.sum is None else self.sum + losses.nan_to_num(0.0)
+        self.count = seen if isinstance(self.count, int) else self.count + seen
         if self.bar is not None:
             self.bar.update(1)
         if flush:
-            means = (self.sum / self.count).tolist()
+            means = (self.sum / self.count).tolist()  # NaN: a level not trained since the last flush
             self.sum, self.count = None, 0
-            per_level = {str(i): m for i, m in zip(self.levels, means)}
+            per_level = {str(i): m for i, m in zip(self.levels, means) if m == m}
             if self.bar is not None:
                 self.bar.set_postfix({f"L{i}": f"{m:.4g}" for i, m in per_level.items()}, refresh=False)
             if self.write:
-                record = {"step": step, "loss": math.fsum(means), "levels": per_level}
+                record = {"step": step, "loss": math.fsum(per_level.values()), "levels": per_level}
                 with open(self.path, "a") as f:
                     f.write(json.dumps(record) + "\n")
 

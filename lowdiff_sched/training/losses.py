@@ -170,7 +170,8 @@ def multires_loss(
 
     x0 [B, C, H, W] is a clean batch at the top level's size. Level i trains on
     y_i = downsample(x0); above level 0 it is conditioned on the level below, noised with an
-    independently drawn sigma_c and nearest-upsampled. Each level's loss is EDM's: per-element
+    independently drawn sigma_c and nearest-upsampled (unless the model's
+    `conditions_on_lower_level` is False, as for C2F-DM). Each level's loss is EDM's: per-element
     weighted squared error summed over the sample, averaged over the batch. Randomness comes
     from `generator` (see `draw_multires_noise` for the order), or from `noise` drawn ahead.
     """
@@ -187,6 +188,8 @@ def multires_loss(
         sizes = {i: z.sigma.shape[0] for i, z in noise.items()}
         raise ValueError(f"noise must hold batches of {x0.shape[0]} for levels {ids}, got batch sizes {sizes}")
     extra = {} if class_labels is None else {"class_labels": class_labels}
+    # C2F-DM's levels are unconditional: each trains on its own downsampled data only
+    conditional = getattr(model, "conditions_on_lower_level", True)
 
     total = x0.new_zeros((), dtype=torch.float32)
     per_level: dict[int, Tensor] = {}
@@ -196,7 +199,7 @@ def multires_loss(
         y = downsample(x0, size)
         n = z.sigma.view(-1, 1, 1, 1) * z.eps
         cond = cond_sigma = None
-        if i > 0:
+        if i > 0 and conditional:
             # LowDiff Alg. 1: c = U(D(x0, r_{i-1}) + sigma_c eps_c, r_i)
             low = downsample(x0, model.levels[i - 1].size)
             cond = upsample(low + z.sigma_c.view(-1, 1, 1, 1) * z.eps_c, size, "nearest")

@@ -23,6 +23,7 @@ from torch.nn.functional import silu
 from ...kernels import upsample_concat
 from ...protocol import Level
 from ...resample import UPSAMPLE_MODES
+from .c2f import C2FUNet
 from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution
 
 
@@ -227,7 +228,7 @@ MODEL_SPEC = "model.json"
 _LOSS_OF_PRECOND = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
 
 
-def backbone_loss(model: "LowDiffUNet | EDMCascade") -> str:
+def backbone_loss(model: "LowDiffUNet | EDMCascade | C2FUNet") -> str:
     """The backbone's own loss ("vp", "ve" or "edm"), which LowDiff keeps at every level."""
     return _LOSS_OF_PRECOND[type(model.net).__name__]
 
@@ -248,18 +249,26 @@ def build_network(class_name: str, init_kwargs: dict[str, Any]) -> nn.Module:
     return net
 
 
+METHODS = ("lowdiff", "c2f")
+
+
 def cascade_of(
-    net: nn.Module, levels: Sequence[int], cond: str = "nearest", embed_cond_sigma: bool = True
-) -> "LowDiffUNet | EDMCascade":
+    net: nn.Module, levels: Sequence[int], cond: str = "nearest", embed_cond_sigma: bool = True, method: str = "lowdiff"
+) -> "LowDiffUNet | EDMCascade | C2FUNet":
     """The cascade to train or sample for `levels`: the network itself (EDMCascade) when the
-    only level is its own resolution, else its LowDiff retrofit."""
+    only level is its own resolution, else its LowDiff retrofit, or with method="c2f" C2F-DM's
+    resolution-label retrofit."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     levels = [int(r) for r in levels]
     if levels == [int(getattr(net, "img_resolution", -1))]:
         return EDMCascade(net)
+    if method == "c2f":
+        return C2FUNet.from_edm(net, levels)
     return LowDiffUNet.from_edm(net, levels, cond, embed_cond_sigma)
 
 
-def model_spec(model: "LowDiffUNet | EDMCascade") -> dict[str, Any]:
+def model_spec(model: "LowDiffUNet | EDMCascade | C2FUNet") -> dict[str, Any]:
     """JSON data that rebuilds `model`'s architecture (weights come from a checkpoint)."""
     init_kwargs = getattr(model.net, "init_kwargs", None)
     if init_kwargs is None:
@@ -271,20 +280,24 @@ def model_spec(model: "LowDiffUNet | EDMCascade") -> dict[str, Any]:
     }
     if isinstance(model, EDMCascade):
         return {**spec, "levels": [int(model.net.img_resolution)], "retrofit": False}
+    if isinstance(model, C2FUNet):
+        return {**spec, "levels": list(model.level_sizes), "method": "c2f"}
     return {**spec, "levels": list(model.level_sizes), "cond": model.cond_mode, "embed_cond_sigma": model.embed_cond_sigma}
 
 
-def from_spec(spec: dict[str, Any]) -> "LowDiffUNet | EDMCascade":
+def from_spec(spec: dict[str, Any]) -> "LowDiffUNet | EDMCascade | C2FUNet":
     """Build (untrained) the model a `model_spec` describes."""
     if not isinstance(spec, dict) or spec.get("format") != "lowdiff-sched/lowdiff-edm" or spec.get("version") != 1:
         raise ValueError("not a lowdiff-sched LowDiff EDM model spec (format/version)")
     net = build_network(spec["backbone"]["class_name"], spec["backbone"]["init_kwargs"])
     if spec.get("retrofit", True) is False:
         return EDMCascade(net)
+    if spec.get("method", "lowdiff") == "c2f":
+        return C2FUNet.from_edm(net, spec["levels"])
     return LowDiffUNet.from_edm(net, spec["levels"], spec["cond"], spec["embed_cond_sigma"])
 
 
-def load_run(path: str | Path) -> "LowDiffUNet | EDMCascade":
+def load_run(path: str | Path) -> "LowDiffUNet | EDMCascade | C2FUNet":
     """A trained LowDiff model from a training run folder (its latest checkpoint) or from one
     checkpoint file inside it, with the EMA weights, in eval mode."""
     from ...training.checkpoint import latest_checkpoint, load_weights
@@ -325,7 +338,7 @@ def export_run(run: str | Path, out: str | Path, *, dtype: torch.dtype = torch.f
     return spec_path, weights_path
 
 
-def load_exported(path: str | Path) -> "LowDiffUNet | EDMCascade":
+def load_exported(path: str | Path) -> "LowDiffUNet | EDMCascade | C2FUNet":
     """A model written by `export_run` (give either file or their common stem), float32, eval mode."""
     from safetensors.torch import load_file
 

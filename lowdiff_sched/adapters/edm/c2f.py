@@ -1,0 +1,86 @@
+"""C2F-DM's "1DM-label" retrofit of an EDM network (c2f-trd.txt; REFERENCE.md section 2).
+
+One network serves every resolution: a SongUNet is convolutional, so it runs unchanged on a
+16x16 input. A resolution label, embedded and added to the noise embedding, tells it which
+resolution it is denoising. Fine-tuning alternates low- and high-resolution batches
+(TrainConfig.alternate_levels), each level trained unconditionally on the downsampled data;
+sampling hands over with `Renoise` (upsample the clean low-resolution estimate, re-noise).
+The label embedding starts at zero, so right after the retrofit every level is the original
+network, run at that level's size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ...protocol import Level
+
+
+class C2FUNet(nn.Module):
+    """An EDM precond network with a resolution-label embedding, as a ResolutionCascade whose
+    levels are unconditional (each denoises its own resolution from scratch)."""
+
+    conditions_on_lower_level = False  # multires_loss trains each level on its own data only
+
+    def __init__(self, net: nn.Module, levels: Sequence[int]) -> None:
+        super().__init__()
+        unet = getattr(net, "model", None)
+        if unet is None or type(unet).__name__ != "SongUNet":
+            raise ValueError(f"C2FUNet needs an EDM precond network around a SongUNet, got {type(net).__name__}")
+        img_res, channels = int(net.img_resolution), int(net.img_channels)
+        levels = tuple(int(r) for r in levels)
+        depth = sum(1 for name in unet.enc if name.endswith("_down") and "aux" not in name)
+        if not levels or list(levels) != sorted(set(levels)) or levels[-1] != img_res:
+            raise ValueError(f"levels must increase and end at the network's resolution {img_res}, got {levels}")
+        for r in levels:
+            if r % (1 << depth):
+                raise ValueError(f"level {r}: the UNet halves its input {depth} times, so sizes must be multiples of {1 << depth}")
+        self.net = net
+        self.level_sizes = levels
+        self.levels = tuple(Level((r, r), channels) for r in levels)
+        self.level_embed = nn.Linear(len(levels), unet.map_layer0.in_features, bias=False)
+        nn.init.zeros_(self.level_embed.weight)
+
+    @classmethod
+    def from_edm(cls, net: nn.Module, levels: Sequence[int] = (16, 32)) -> "C2FUNet":
+        return cls(net, levels)
+
+    @property
+    def label_dim(self) -> int:
+        return int(self.net.label_dim)
+
+    @property
+    def parameter_overhead(self) -> int:
+        return self.level_embed.weight.numel()
+
+    def denoise(
+        self, x: Tensor, sigma: Tensor, *, level: int, cond: Tensor | None = None, cond_sigma: Tensor | float | None = None,
+        class_labels: Tensor | None = None, augment_labels: Tensor | None = None, **extra: Any,
+    ) -> Tensor:
+        """D(x; sigma) at `level` with the backbone's own preconditioning and the level's label."""
+        n = len(self.levels)
+        if not -n <= level < n:
+            raise ValueError(f"level {level} is outside the model's {n} levels")
+        level %= n
+        lv = self.levels[level]
+        if x.ndim != 4 or tuple(x.shape[1:]) != lv.shape:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, lv.shape))}] at level {level}, got {tuple(x.shape)}")
+        if cond is not None:
+            raise ValueError("C2F levels are unconditional (they start from a re-noised upsampled estimate): cond must be None")
+        net, unet = self.net, self.net.model
+        x = x.to(torch.float32)
+        batch = x.shape[0]
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
+        c_skip, c_out, c_in, c_noise = net.scalings(sigma.view(-1, 1, 1, 1))
+        labels = None
+        if net.label_dim:
+            labels = (torch.zeros([batch, net.label_dim], device=x.device) if class_labels is None
+                      else class_labels.to(torch.float32).reshape(-1, net.label_dim))
+        one_hot = torch.zeros(1, n, device=x.device)
+        one_hot[0, level] = 1
+        emb = unet.embedding(c_noise.flatten(), labels, augment_labels, extra=self.level_embed(one_hot))
+        _, F_x = unet.walk(x * c_in, emb)
+        return c_skip * x + c_out * F_x.to(torch.float32)
