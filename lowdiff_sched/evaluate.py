@@ -97,7 +97,7 @@ def evaluate(
         plan=plan.name or "",
         n=len(seeds),
         fd_mnist=frechet_distance(features, reference),
-        class_accuracy=float((predicted == torch.as_tensor(labels)).float().mean()),
+        class_accuracy=float((predicted == torch.as_tensor(labels)).double().mean()),
         seconds_per_64=seconds / len(seeds) * 64,
         nfe=sum(plan.nfe()),
         effective_nfe=plan.effective_nfe(flop_ratios(cascade, plan)),

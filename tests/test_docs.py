@@ -37,6 +37,8 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["samples"].shape == (2, 3, 32, 32)
     assert torch.isfinite(namespace["samples"]).all()
+    assert namespace["msf_samples"].shape == (2, 1, 16, 16) and torch.isfinite(namespace["msf_samples"]).all()
+    assert namespace["tuned"].l2_after <= namespace["tuned"].l2_before
 
 
 def test_readme_quick_start_names_the_two_commands():

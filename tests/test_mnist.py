@@ -129,13 +129,13 @@ def test_shipped_models_load_strictly(lowdiff):
 def test_shipped_lowdiff_draws_the_digits_it_is_asked_for(lowdiff, classifier):
     """20 digits, 2 per class, through the 3-stage cascade: the classifier agrees >= 18 times."""
     result = evaluate(lowdiff, presets.get("mnist-3stage"), seeds=range(20), batch=20, classifier=classifier, model_name="mnist-lowdiff")
-    assert result.class_accuracy >= 0.9, result.summary()
+    assert round(result.class_accuracy * result.n) >= 18, result.summary()
     assert result.nfe == sum(presets.get("mnist-3stage").nfe()) and result.effective_nfe < result.nfe
 
 
 def test_class_labels_reach_the_network(lowdiff):
     """Same seeds, different classes: different digits (the labels are not ignored)."""
-    plan = presets.get("mnist-2stage")
+    plan = presets.get("mnist-3stage")
     a = sample_cascade(lowdiff, plan, seeds=[0, 1], extra_args={"class_labels": one_hot(torch.tensor([3, 3]), 10)})
     b = sample_cascade(lowdiff, plan, seeds=[0, 1], extra_args={"class_labels": one_hot(torch.tensor([7, 7]), 10)})
     assert (a - b).abs().mean() > 0.1
@@ -146,7 +146,7 @@ def test_class_labels_reach_the_network(lowdiff):
 
 def test_sample_with_class_labels_writes_labels_and_a_class_grid(tmp_path):
     out = tmp_path / "digits"
-    result = run("sample", "--model", "mnist-lowdiff", "--plan", "mnist-2stage", "--class-labels", "0-4", "--seeds", "0-9",
+    result = run("sample", "--model", "mnist-lowdiff", "--plan", "mnist-3stage", "--class-labels", "0-4", "--seeds", "0-9",
                  "--batch", "4", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     data = np.load(out / "samples.npz")
