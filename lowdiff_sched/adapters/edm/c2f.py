@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ...protocol import Level
+from .inputs import check_level_input, label_rows, level_one_hot
 
 
 class C2FUNet(nn.Module):
@@ -61,13 +62,7 @@ class C2FUNet(nn.Module):
         class_labels: Tensor | None = None, augment_labels: Tensor | None = None, **extra: Any,
     ) -> Tensor:
         """D(x; sigma) at `level` with the backbone's own preconditioning and the level's label."""
-        n = len(self.levels)
-        if not -n <= level < n:
-            raise ValueError(f"level {level} is outside the model's {n} levels")
-        level %= n
-        lv = self.levels[level]
-        if x.ndim != 4 or tuple(x.shape[1:]) != lv.shape:
-            raise ValueError(f"x must have shape [B, {', '.join(map(str, lv.shape))}] at level {level}, got {tuple(x.shape)}")
+        level = check_level_input(self.levels, level, x)
         if cond is not None:
             raise ValueError("C2F levels are unconditional (they start from a re-noised upsampled estimate): cond must be None")
         net, unet = self.net, self.net.model
@@ -75,12 +70,8 @@ class C2FUNet(nn.Module):
         batch = x.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
         c_skip, c_out, c_in, c_noise = net.scalings(sigma.view(-1, 1, 1, 1))
-        labels = None
-        if net.label_dim:
-            labels = (torch.zeros([batch, net.label_dim], device=x.device) if class_labels is None
-                      else class_labels.to(torch.float32).reshape(-1, net.label_dim))
-        one_hot = torch.zeros(1, n, device=x.device)
-        one_hot[0, level] = 1
-        emb = unet.embedding(c_noise.flatten(), labels, augment_labels, extra=self.level_embed(one_hot))
+        labels = label_rows(net, class_labels, batch, x.device)
+        extra_emb = self.level_embed(level_one_hot(len(self.levels), level, x.device))
+        emb = unet.embedding(c_noise.flatten(), labels, augment_labels, extra=extra_emb)
         _, F_x = unet.walk(x * c_in, emb)
         return c_skip * x + c_out * F_x.to(torch.float32)

@@ -24,6 +24,7 @@ from ...kernels import upsample_concat
 from ...protocol import Level
 from ...resample import UPSAMPLE_MODES
 from .c2f import C2FUNet
+from .inputs import check_level_input, label_rows, level_one_hot
 from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution
 
 
@@ -124,9 +125,7 @@ class LowDiffUNet(nn.Module):
                    c_noise_cond: Tensor | None, augment_labels: Tensor | None) -> Tensor:
         """SongUNet's conditioning vector plus LowDiff's level and cond-sigma embeddings."""
         unet = self.net.model
-        one_hot = torch.zeros(1, len(self.levels), device=c_noise.device)
-        one_hot[0, level] = 1
-        extra = self.level_embed(one_hot)
+        extra = self.level_embed(level_one_hot(len(self.levels), level, c_noise.device))
         if self.cond_sigma_embed is not None and c_noise_cond is not None:
             extra = extra + self.cond_sigma_embed(unet.noise_embedding(c_noise_cond))
         return unet.embedding(c_noise, class_labels, augment_labels, extra=extra)
@@ -164,13 +163,8 @@ class LowDiffUNet(nn.Module):
     ) -> Tensor:
         """D(x; sigma) at `level` with the backbone's own preconditioning
         (D = c_skip x + c_out F(c_in x, c_in(sigma_c) cond, c_noise)); float32 out."""
-        n = len(self.levels)
-        if not -n <= level < n:
-            raise ValueError(f"level {level} is outside the model's {n} levels")
-        level %= n
+        level = check_level_input(self.levels, level, x)
         lv = self.levels[level]
-        if x.ndim != 4 or tuple(x.shape[1:]) != lv.shape:
-            raise ValueError(f"x must have shape [B, {', '.join(map(str, lv.shape))}] at level {level}, got {tuple(x.shape)}")
         if level == 0 and cond is not None:
             raise ValueError("level 0 is unconditional: cond must be None")
         if level > 0 and cond is None:
@@ -184,10 +178,7 @@ class LowDiffUNet(nn.Module):
 
         sigma = per_sample(sigma)
         c_skip, c_out, c_in, c_noise = net.scalings(sigma.view(-1, 1, 1, 1))  # the backbone's own, EDM eq. 7
-        labels = None
-        if net.label_dim:
-            labels = (torch.zeros([batch, net.label_dim], device=x.device) if class_labels is None
-                      else class_labels.to(torch.float32).reshape(-1, net.label_dim))
+        labels = label_rows(net, class_labels, batch, x.device)
         c_in = torch.as_tensor(c_in, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
         c_noise_cond = None
         if cond is None:
