@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from lowdiff_sched.classifier import CLASSIFIER_FILE, save_classifier, train_classifier
 from lowdiff_sched.weights import HERE
 
@@ -22,7 +20,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(HERE / CLASSIFIER_FILE))
     args = parser.parse_args()
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     model, report = train_classifier(epochs=args.epochs, seed=args.seed)
     save_classifier(model, args.out)
     print(json.dumps({**report, "out": args.out}, indent=2))

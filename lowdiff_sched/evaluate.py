@@ -21,8 +21,7 @@ from .cost import flop_ratios
 from .metrics import frechet_distance, gaussian_stats
 from .plan import CascadePlan
 from .protocol import ResolutionCascade
-from .sampling import sample_cascade, seed_labels
-from .training.data import one_hot
+from .sampling import class_label_args, sample_cascade, seed_labels
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ def evaluate(
     classifier = classifier if classifier is not None else load_classifier()
     reference = reference if reference is not None else reference_stats(classifier)
     labels = seed_labels(seeds, label_dim)
-    onehot = one_hot(torch.as_tensor(labels), label_dim).to(device)
+    onehot = class_label_args(labels, label_dim, device)["class_labels"]
     plan.validate(cascade)
     samples, seconds = [], 0.0
     for lo in range(0, len(seeds), batch):

@@ -293,3 +293,10 @@ def seed_labels(seeds: Sequence[int], label_dim: int, labels: Sequence[int] | No
     if bad:
         raise ValueError(f"class label {bad[0]} is out of range: the model has {label_dim} classes, 0-{label_dim - 1}")
     return [labels[s % len(labels)] for s in seeds]
+
+
+def class_label_args(labels: Sequence[int], label_dim: int, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """`extra_args` carrying class ids as the one-hot rows EDM-style networks take."""
+    from .training.data import one_hot
+
+    return {"class_labels": one_hot(torch.as_tensor(list(labels), dtype=torch.long), label_dim).to(device)}

@@ -129,13 +129,12 @@ def _run_with_progress(cascade, plan, seeds, batch, device, progress, labels=Non
     import torch
     from tqdm.auto import tqdm
 
-    from lowdiff_sched.sampling import sample_cascade
-    from lowdiff_sched.training.data import one_hot
+    from lowdiff_sched.sampling import class_label_args, sample_cascade
 
     steps = sum(stage.steps for stage in plan.stages) * -(-len(seeds) // batch)
     with tqdm(total=steps, disable=not progress, unit="step", desc="sampling", file=sys.stderr) as bar:
         with torch.no_grad():
-            extra = {"class_labels": one_hot(torch.as_tensor(labels), cascade.label_dim).to(device)} if labels else None
+            extra = class_label_args(labels, cascade.label_dim, device) if labels else None
             return sample_cascade(
                 cascade, plan, seeds=seeds, batch_size=batch, device=device, disable=True, extra_args=extra,
                 callback=lambda info: bar.update(1),
@@ -361,14 +360,11 @@ def tune_steps(
     Example: lowdiff-sched tune-steps --model gaussian-field --plan c2f.json --reference c2f-ref.json --out c2f-trd.json
     """
     with user_errors():
-        import torch
-
         from lowdiff_sched import presets
         from lowdiff_sched.c2f import redistribute_timesteps
         from lowdiff_sched.models import load_model
         from lowdiff_sched.outputs import atomic_path
-        from lowdiff_sched.sampling import seed_labels
-        from lowdiff_sched.training.data import one_hot
+        from lowdiff_sched.sampling import class_label_args, seed_labels
 
         if seed_start < 0:
             raise UsageError(f"--seed-start must be non-negative, got {seed_start}")
@@ -378,7 +374,7 @@ def tune_steps(
         extra = None
         label_dim = int(getattr(cascade, "label_dim", 0))
         if label_dim and seeds:
-            extra = {"class_labels": one_hot(torch.as_tensor(seed_labels(seeds, label_dim)), label_dim).to(device)}
+            extra = class_label_args(seed_labels(seeds, label_dim), label_dim, device)
         result = redistribute_timesteps(
             cascade, cascade_plan, reference_plan, n_calib=n_calib, n_candidates=candidates, max_iter=max_iter,
             seeds=seeds, extra_args=extra,

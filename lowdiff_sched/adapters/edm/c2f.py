@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ...protocol import Level
-from .inputs import check_level_input, label_rows, level_one_hot
+from .inputs import check_level_input, check_retrofit, label_rows, level_one_hot
 
 
 class C2FUNet(nn.Module):
@@ -28,14 +28,8 @@ class C2FUNet(nn.Module):
 
     def __init__(self, net: nn.Module, levels: Sequence[int]) -> None:
         super().__init__()
-        unet = getattr(net, "model", None)
-        if unet is None or type(unet).__name__ != "SongUNet":
-            raise ValueError(f"C2FUNet needs an EDM precond network around a SongUNet, got {type(net).__name__}")
-        img_res, channels = int(net.img_resolution), int(net.img_channels)
-        levels = tuple(int(r) for r in levels)
+        unet, levels, channels = check_retrofit(net, levels, "C2FUNet")
         depth = sum(1 for name in unet.enc if name.endswith("_down") and "aux" not in name)
-        if not levels or list(levels) != sorted(set(levels)) or levels[-1] != img_res:
-            raise ValueError(f"levels must increase and end at the network's resolution {img_res}, got {levels}")
         for r in levels:
             if r % (1 << depth):
                 raise ValueError(f"level {r}: the UNet halves its input {depth} times, so sizes must be multiples of {1 << depth}")

@@ -36,3 +36,17 @@ def level_one_hot(n: int, level: int, device: torch.device) -> Tensor:
     one_hot = torch.zeros(1, n, device=device)
     one_hot[0, level] = 1
     return one_hot
+
+
+def check_retrofit(net: nn.Module, levels: Sequence[int], who: str) -> tuple[nn.Module, tuple[int, ...], int]:
+    """(the SongUNet, the levels as ints, the image channels) of a retrofit of `net`, after
+    checking that `net` is an EDM precond network around a SongUNet and that the levels
+    increase and end at its resolution."""
+    unet = getattr(net, "model", None)
+    if unet is None or type(unet).__name__ != "SongUNet":
+        raise ValueError(f"{who} needs an EDM precond network around a SongUNet, got {type(net).__name__}")
+    img_res = int(net.img_resolution)
+    sizes = tuple(int(r) for r in levels)
+    if not sizes or list(sizes) != sorted(set(sizes)) or sizes[-1] != img_res:
+        raise ValueError(f"levels must increase and end at the network's resolution {img_res}, got {sizes}")
+    return unet, sizes, int(net.img_channels)

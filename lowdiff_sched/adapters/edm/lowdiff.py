@@ -11,7 +11,6 @@ level starts at zero, so right after the retrofit the top level is the original 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +23,7 @@ from ...kernels import upsample_concat
 from ...protocol import Level
 from ...resample import UPSAMPLE_MODES
 from .c2f import C2FUNet
-from .inputs import check_level_input, label_rows, level_one_hot
+from .inputs import check_level_input, check_retrofit, label_rows, level_one_hot
 from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution
 
 
@@ -39,14 +38,9 @@ class LowDiffUNet(nn.Module):
         self, net: nn.Module, levels: Sequence[int], cond: str = "nearest", embed_cond_sigma: bool = True
     ) -> None:
         super().__init__()
-        unet = getattr(net, "model", None)
-        if unet is None or type(unet).__name__ != "SongUNet":
-            raise ValueError(f"from_edm needs an EDM precond network around a SongUNet, got {type(net).__name__}")
-        img_res, channels = int(net.img_resolution), int(net.img_channels)
-        levels = tuple(int(r) for r in levels)
+        unet, levels, channels = check_retrofit(net, levels, "from_edm")
+        img_res = levels[-1]
         depths = {img_res >> d: d for d in range(len(self._depth_channels(unet)))}
-        if not levels or list(levels) != sorted(set(levels)) or levels[-1] != img_res:
-            raise ValueError(f"levels must increase and end at the network's resolution {img_res}, got {levels}")
         for r in levels:
             if r not in depths:
                 raise ValueError(f"level {r} is not one of the UNet's resolutions {sorted(depths)}")
