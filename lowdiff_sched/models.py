@@ -21,6 +21,14 @@ class ModelSpec:
     build: Callable[..., ResolutionCascade]  # build(device=..., **options)
     value_range: tuple[float, float] = (-1.0, 1.0)  # data range, for writing images
     default_plan: str = ""
+    latent: bool = False  # a latent model: built from --ckpt, samples are latents (decoded with a VAE)
+    single_level_plan: str = ""  # the default plan when the loaded checkpoint has one level only
+
+    def plan_for(self, cascade: ResolutionCascade) -> str:
+        """The default plan for a loaded model ("" if none)."""
+        if len(cascade.levels) == 1 and self.single_level_plan:
+            return self.single_level_plan
+        return self.default_plan
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -42,7 +50,7 @@ def model_spec(name: str) -> ModelSpec:
     if name in _MODELS:
         return _MODELS[name]
     if Path(name).exists():
-        return ModelSpec(name, f"trained LowDiff model from {name}", _trained_run(name))
+        return ModelSpec(name, f"trained model from {name}", _trained_run(name), latent=_is_latent_run(Path(name)))
     raise ValueError(f"unknown model {name!r}: neither a registered model ({', '.join(_MODELS)}) nor a training run path")
 
 
@@ -53,11 +61,27 @@ def load_model(name: str, device: str | torch.device = "cpu", **options: Any) ->
 
 def _trained_run(path: str) -> Callable[..., ResolutionCascade]:
     def build(device: torch.device, **options: Any) -> ResolutionCascade:
-        from .adapters.edm.lowdiff import load_run
+        from .runs import load_run
 
+        if options:
+            raise ValueError(f"{path} is a training run: it takes no {', '.join(sorted(options))} (its weights are its own)")
         return load_run(path).to(device)
 
     return build
+
+
+def _is_latent_run(path: Path) -> bool:
+    """Whether a training run (folder, or a checkpoint in one) holds a latent (DiT) model."""
+    import json
+
+    from .adapters.dit.checkpoint import SPEC_FORMAT
+    from .runs import MODEL_SPEC
+
+    spec = (path if path.is_dir() else path.parent) / MODEL_SPEC
+    try:
+        return json.loads(spec.read_text()).get("format") == SPEC_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _gaussian_field(device: torch.device, **options: Any) -> ResolutionCascade:
@@ -68,7 +92,7 @@ def _gaussian_field(device: torch.device, **options: Any) -> ResolutionCascade:
 
 def _shipped(name: str) -> Callable[..., ResolutionCascade]:
     def build(device: torch.device, **options: Any) -> ResolutionCascade:
-        from .adapters.edm.lowdiff import load_exported
+        from .runs import load_exported
         from .weights import weight_path
 
         return load_exported(weight_path(f"{name}.safetensors")).to(device)
@@ -92,6 +116,35 @@ register_model(
         default_plan="mnist-base-35",
     )
 )
+NO_DIT_WEIGHTS = (
+    "no weights ship with lowdiff-sched for {name}: pass --ckpt PATH, a LightningDiT checkpoint "
+    "(hustvl/LightningDiT's released B/1 or XL/1 .pt, or a LowDiff/C2F fine-tune saved by lowdiff-sched), "
+    "or train one: lowdiff-sched train --model {name} --data LATENTS ..."
+)
+
+
+def _dit(name: str) -> Callable[..., ResolutionCascade]:
+    def build(device: torch.device, ckpt: str | Path | None = None, **options: Any) -> ResolutionCascade:
+        from .adapters.dit.checkpoint import load_dit
+        from .adapters.dit.networks import preset_config
+
+        if ckpt is None:
+            raise ValueError(NO_DIT_WEIGHTS.format(name=name))
+        return load_dit(ckpt, preset_config(name, **options), name).to(device)
+
+    return build
+
+
+for _name, _about, _plans in (
+    ("dit-b1", "LightningDiT-B/1 (130M) on 16x16x32 VA-VAE latents, 1000 ImageNet classes", ("imagenet256-dit-b1", "imagenet256-dit-b1-baseline-100")),
+    ("dit-xl1", "LightningDiT-XL/1 (675M) on 16x16x32 VA-VAE latents, 1000 ImageNet classes", ("imagenet256-dit-xl1", "imagenet256-dit-xl1-baseline-250")),
+    ("dit-s1", "a small LightningDiT (1.4M; depth 4, width 128) on 16x16x32 latents, for tests and smoke runs", ("imagenet256-dit-b1", "imagenet256-dit-b1-baseline-100")),
+):
+    register_model(ModelSpec(
+        _name, f"{_about}; needs --ckpt (a plain checkpoint runs the baseline plan, a LowDiff one the cascade)",
+        _dit(_name), default_plan=_plans[0], latent=True, single_level_plan=_plans[1],
+    ))
+
 register_model(
     ModelSpec(
         "gaussian-field",

@@ -1,4 +1,5 @@
-"""The contract between backbones and samplers: `Level`, `ResolutionCascade`, `stage_denoiser`."""
+"""The contract between backbones and samplers: `Level`, `ResolutionCascade`, `stage_denoiser`,
+and the level checks every adapter's `denoise` shares."""
 
 from __future__ import annotations
 
@@ -103,3 +104,22 @@ def stage_denoiser(
         return denoise(x, sigma, level=level, cond=cond, cond_sigma=cond_sigma, **extra_args)
 
     return model
+
+
+def check_level_input(levels: Sequence[Level], level: int, x: Tensor) -> int:
+    """`level` as a non-negative index, after checking it and x's shape at that level."""
+    n = len(levels)
+    if not -n <= level < n:
+        raise ValueError(f"level {level} is outside the model's {n} levels")
+    level %= n
+    lv = levels[level]
+    if x.ndim != 4 or tuple(x.shape[1:]) != lv.shape:
+        raise ValueError(f"x must have shape [B, {', '.join(map(str, lv.shape))}] at level {level}, got {tuple(x.shape)}")
+    return level
+
+
+def level_one_hot(n: int, level: int, device: torch.device) -> Tensor:
+    """[1, n] with a 1 at `level`: the input of a level (or resolution-label) embedding."""
+    one_hot = torch.zeros(1, n, device=device)
+    one_hot[0, level] = 1
+    return one_hot

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any, Callable, Mapping
 
 from torch import Tensor

@@ -14,8 +14,9 @@ if not torch.cuda.is_available():
 
 from lowdiff_sched.protocol import Level
 
-# Keep CPU thread count fixed so timings and float reductions repeat across runs.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Keep CPU thread count fixed so timings and float reductions repeat across runs
+# (OMP_NUM_THREADS, when set, decides: e.g. 1 beside a training job).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 
 
 class IidCascade:

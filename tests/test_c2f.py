@@ -200,7 +200,7 @@ def test_c2f_training_alternates_levels_and_runs_end_to_end(tmp_path):
     from typer.testing import CliRunner
 
     from lowdiff_sched.adapters.edm.c2f import C2FUNet
-    from lowdiff_sched.adapters.edm.lowdiff import load_run
+    from lowdiff_sched.runs import load_run
     from lowdiff_sched.cli.app import app
     from lowdiff_sched.training import TrainConfig
 

@@ -27,11 +27,18 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     tiny = build_network(VPPrecond, NETWORK_CLASSES.values(), img_resolution=32, img_channels=3, model_channels=16,
                          channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)
     write_edm_pickle(tmp_path / "edm-cifar10-32x32-uncond-vp.pkl", snapshot(tiny), NETWORK_CLASSES.values())
+    # the DiT example loads a LowDiff checkpoint: a small one (dit-s1) under the README's name
+    from lowdiff_sched.adapters.dit.cascade import LowDiffDiT
+    from lowdiff_sched.adapters.dit.checkpoint import save_dit
+    from lowdiff_sched.adapters.dit.networks import LightningDiT, preset_config
+
+    save_dit(tmp_path / "lowdiff-b1.pt", LowDiffDiT(LightningDiT(preset_config("dit-s1")), (8, 16)), preset_config("dit-s1"))
     monkeypatch.chdir(tmp_path)
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     assert len(blocks) >= 3
     code = "\n".join(blocks).replace("range(64)", "range(4)").replace("range(16)", "range(2)")
+    code = code.replace('preset_config("dit-b1")', 'preset_config("dit-s1")')
     namespace: dict = {}
     with torch.no_grad():
         exec(compile(code, "README.md", "exec"), namespace)
@@ -39,6 +46,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert torch.isfinite(namespace["samples"]).all()
     assert namespace["msf_samples"].shape == (2, 1, 16, 16) and torch.isfinite(namespace["msf_samples"]).all()
     assert namespace["tuned"].l2_after <= namespace["tuned"].l2_before
+    assert namespace["latents"].shape == (8, 32, 16, 16) and torch.isfinite(namespace["latents"]).all()
 
 
 def test_readme_quick_start_names_the_two_commands():

@@ -12,7 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lowdiff_sched.adapters.edm.checkpoint import load_edm
-from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet, load_run
+from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet
+from lowdiff_sched.runs import load_run
 from lowdiff_sched.adapters.edm.networks import NETWORK_CLASSES, VPPrecond
 from lowdiff_sched.cli.app import app
 

@@ -46,7 +46,6 @@ def test_top_level_equals_the_original_network_right_after_retrofit(precond, var
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_each_level_uses_only_its_own_sub_network(variant):
     model = LowDiffUNet.from_edm(build("edm", variant), levels=(4, 8, 16))
-    unet = model.net.model
     gen = torch.Generator().manual_seed(2)
     for level, size in enumerate((4, 8, 16)):
         model.zero_grad(set_to_none=True)

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lowdiff_sched import presets
-from lowdiff_sched.adapters.edm.lowdiff import EDMCascade, LowDiffUNet, export_run, load_exported, load_run
+from lowdiff_sched.adapters.edm.lowdiff import EDMCascade, LowDiffUNet
+from lowdiff_sched.runs import export_run, load_exported, load_run
 from lowdiff_sched.classifier import heldout_accuracy, load_classifier
 from lowdiff_sched.cli.app import app
 from lowdiff_sched.datasets import dataset

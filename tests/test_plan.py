@@ -7,7 +7,6 @@ import json
 import math
 from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import example, given, settings

@@ -69,45 +69,144 @@ def sample(
     seeds: str = typer.Option("0-63", help="Seeds, e.g. 0-63 or 1,5,7-9; one sample per seed."),
     batch: int = typer.Option(16, help="Samples per batch (results do not depend on it)."),
     out: Path = typer.Option(Path("out/samples"), help="Output directory."),
-    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda (under torchrun: cuda means cuda:LOCAL_RANK)."),
     class_labels: Optional[str] = typer.Option(
         None, help="Classes of a class-conditional model, e.g. 0-9 or 3,7: seed s gets the (s mod count)-th. [all classes]"
     ),
+    ckpt: Optional[Path] = typer.Option(None, help="Latent (DiT) models: the checkpoint to sample (LightningDiT format)."),
+    latent_stats: Optional[Path] = typer.Option(None, help="Latent models: latents_stats.pt; latents are written in the VAE's space."),
+    vae: Optional[Path] = typer.Option(None, help="Latent models: VA-VAE / LDM AutoencoderKL checkpoint; decode to PNGs and grid.png."),
+    cfg_scale: Optional[float] = typer.Option(None, help="Latent models: classifier-free guidance scale (applied when > 1). [1]"),
+    cfg_interval_start: Optional[float] = typer.Option(None, help="Latent models: guide only from this (shifted) flow time on. [0]"),
+    cfg_channels: Optional[int] = typer.Option(None, help="Latent models: guide only the first N channels (LightningDiT's sampler: 3). [all]"),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Sample a model with a cascade plan; write {seed:06d}.png, grid.png and samples.npz
-    (samples in [-1, 1], seeds, and labels for a class-conditional model).
+    """Sample a model with a cascade plan. Image models write {seed:06d}.png, grid.png and
+    samples.npz (samples in [-1, 1], seeds, and labels for a class-conditional model); latent
+    models write latents-*.safetensors per batch, and with --vae the decoded PNGs and grid.png.
 
     Example: lowdiff-sched sample --model mnist-lowdiff --plan mnist-3stage --class-labels 0-9 --seeds 0-99 --out out/digits
+
+    Latents: lowdiff-sched sample --model dit-b1 --ckpt model.pt --latent-stats latents_stats.pt --vae vavae.pt --cfg-scale 6.7 --cfg-interval-start 0.125
+
+    Several processes: torchrun --nproc-per-node 2 -m lowdiff_sched.cli sample ... (seeds are split over them)
     """
     with user_errors():
+        import torch
+
         from lowdiff_sched import presets
         from lowdiff_sched.models import load_model, model_spec
-        from lowdiff_sched.outputs import ensure_writable_dir, save_samples
+        from lowdiff_sched.outputs import ensure_writable_dir
+        from lowdiff_sched.training.distributed import join_processes
 
         seed_list = parse_int_ranges(seeds)
         if batch < 1:
             raise UsageError(f"--batch must be a positive int, got {batch}")
         spec = model_spec(model)
-        if plan is None and not spec.default_plan:
-            raise UsageError(f"--plan is required for model {model} (it has no default plan)")
-        plan = plan or spec.default_plan
-        cascade_plan = presets.load_plan(plan)
+        latent_options = {"--ckpt": ckpt, "--latent-stats": latent_stats, "--vae": vae, "--cfg-scale": cfg_scale,
+                          "--cfg-interval-start": cfg_interval_start, "--cfg-channels": cfg_channels}
+        if not spec.latent:
+            given = [k for k, v in latent_options.items() if v is not None]
+            if given:
+                raise UsageError(f"{', '.join(given)}: only for latent (DiT) models; {model} is an image model")
+        if vae is not None and latent_stats is None:
+            raise UsageError("--vae needs --latent-stats: the network works on normalised latents, the VAE on its own")
+        cascade_plan = presets.load_plan(plan) if plan is not None else None
         ensure_writable_dir(out)
         label_list = parse_int_ranges(class_labels, "--class-labels") if class_labels is not None else None
-        cascade = load_model(model, device=device)
-        cascade_plan.validate(cascade)
-        labels = _labels(cascade, model, seed_list, label_list)
-        started = time.perf_counter()
-        samples = _run_with_progress(cascade, cascade_plan, seed_list, batch, device, progress, labels)
-        seconds = time.perf_counter() - started
-        ncol = len(label_list) if label_list and len(label_list) <= 16 else None
-        written = save_samples(out, samples, seed_list, spec.value_range, labels=labels, ncol=ncol)
-        typer.echo(
-            f"{len(seed_list)} samples of {model} with plan {cascade_plan.name or plan} "
-            f"(NFE {'+'.join(map(str, cascade_plan.nfe()))}) in {seconds:.2f} s"
-        )
-        typer.echo(f"wrote {len(seed_list)} PNGs, {written['grid'].name} and {written['npz'].name} to {out}/")
+        procs = join_processes(torch.device(device))
+        try:
+            run_device = f"cuda:{procs.local_rank}" if device == "cuda" and procs.active else device
+            cascade = load_model(model, device=run_device, **({"ckpt": ckpt} if ckpt is not None else {}))
+            if cascade_plan is None:
+                default = spec.plan_for(cascade)
+                if not default:
+                    raise UsageError(f"--plan is required for model {model} (it has no default plan)")
+                cascade_plan = presets.load_plan(default)
+            cascade_plan.validate(cascade)
+            labels = _labels(cascade, model, seed_list, label_list)
+            extra = {k: v for k, v in (("cfg_scale", cfg_scale), ("cfg_interval_start", cfg_interval_start),
+                                        ("cfg_channels", cfg_channels)) if v is not None}
+            started = time.perf_counter()
+            job = _SampleJob(cascade, cascade_plan, out, run_device, procs, extra, progress and procs.is_main)
+            if spec.latent:
+                written = job.latents(seed_list, labels, batch, latent_stats, vae)
+            else:
+                ncol = len(label_list) if label_list and len(label_list) <= 16 else None
+                written = job.pixels(seed_list, labels, batch, spec.value_range, ncol)
+            seconds = time.perf_counter() - started
+        finally:
+            procs.close()
+        if procs.is_main:
+            where = f" on {procs.world} processes" if procs.active else ""
+            typer.echo(
+                f"{len(seed_list)} samples of {model} with plan {cascade_plan.name or plan} "
+                f"(NFE {'+'.join(map(str, cascade_plan.nfe()))}) in {seconds:.2f} s{where}"
+            )
+            typer.echo(f"wrote {written} to {out}/")
+
+
+class _SampleJob:
+    """The work of `sample` once its inputs are checked: this rank's batches and their files."""
+
+    def __init__(self, cascade, plan, out: Path, device: str, procs, extra: dict, progress: bool) -> None:  # type: ignore[no-untyped-def]
+        self.cascade, self.plan, self.out, self.device, self.procs, self.extra = cascade, plan, out, device, procs, extra
+        self.progress = progress
+
+    def _batches(self, seeds: list[int], labels: Optional[list[int]], batch: int):  # type: ignore[no-untyped-def]
+        from tqdm.auto import tqdm
+
+        from lowdiff_sched.generate import deal_batches, sample_batch
+
+        mine = deal_batches(seeds, labels, batch, self.procs)
+        steps = sum(stage.steps for stage in self.plan.stages) * len(mine)
+        with tqdm(total=steps, disable=not self.progress, unit="step", desc="sampling", file=sys.stderr) as bar:
+            for b in mine:
+                yield b, sample_batch(self.cascade, self.plan, b, self.device, self.extra, callback=lambda info: bar.update(1))
+
+    def pixels(self, seeds: list[int], labels: Optional[list[int]], batch: int, value_range, ncol: Optional[int]) -> str:  # type: ignore[no-untyped-def]
+        from lowdiff_sched.generate import finish_pixels
+
+        written = finish_pixels(self.out, list(self._batches(seeds, labels, batch)), self.procs, value_range, ncol)
+        return f"{len(seeds)} PNGs, {written['grid'].name} and {written['npz'].name}" if written else ""
+
+    def latents(self, seeds: list[int], labels: Optional[list[int]], batch: int, stats_path: Optional[Path], vae_path: Optional[Path]) -> str:
+        import torch
+
+        from lowdiff_sched.adapters.dit.checkpoint import denormalize, load_latent_stats
+        from lowdiff_sched.generate import GRID_MAX, finish_grid, write_images, write_latents
+
+        channels = self.cascade.levels[-1].channels
+        stats = load_latent_stats(stats_path, channels) if stats_path is not None else None
+        decoder = None
+        if vae_path is not None:
+            from lowdiff_sched.adapters.dit.vae import load_vae_decoder
+
+            decoder = load_vae_decoder(vae_path, device=self.device)
+            if decoder.config.embed_dim != channels:
+                raise UsageError(f"--vae {vae_path} decodes {decoder.config.embed_dim}-channel latents; the model makes {channels}")
+        files, shown = 0, []
+        for b, x in self._batches(seeds, labels, batch):
+            z = denormalize(x, stats) if stats is not None else x
+            write_latents(self.out, b, z, "vae" if stats is not None else "model")
+            files += 1
+            if decoder is not None:
+                with torch.no_grad():
+                    images = decoder.decode(z.to(self.device)).cpu()
+                pixels = write_images(self.out, b, images)
+                if b.index * batch < GRID_MAX:
+                    shown.append((b.index, b.seeds, pixels))
+        grid_path = finish_grid(self.out, shown, self.procs, None) if decoder is not None else None
+        total = sum(int(n) for n in self._gather_count(files))
+        text = f"{total} latents-*.safetensors files"
+        if decoder is not None:
+            text += f", {len(seeds)} PNGs" + (f" and {grid_path.name}" if grid_path else "")
+        return text
+
+    def _gather_count(self, n: int) -> list:  # type: ignore[type-arg]
+        from lowdiff_sched.training.distributed import gather_objects
+
+        return gather_objects(n, self.procs)
 
 
 def _labels(cascade, name: str, seeds: list[int], class_labels: Optional[list[int]]) -> Optional[list[int]]:  # type: ignore[no-untyped-def]
@@ -125,22 +224,6 @@ def _labels(cascade, name: str, seeds: list[int], class_labels: Optional[list[in
         raise UsageError(f"--class-labels: {err} (model {name})") from None
 
 
-def _run_with_progress(cascade, plan, seeds, batch, device, progress, labels=None):  # type: ignore[no-untyped-def]
-    import torch
-    from tqdm.auto import tqdm
-
-    from lowdiff_sched.sampling import class_label_args, sample_cascade
-
-    steps = sum(stage.steps for stage in plan.stages) * -(-len(seeds) // batch)
-    with tqdm(total=steps, disable=not progress, unit="step", desc="sampling", file=sys.stderr) as bar:
-        with torch.no_grad():
-            extra = class_label_args(labels, cascade.label_dim, device) if labels else None
-            return sample_cascade(
-                cascade, plan, seeds=seeds, batch_size=batch, device=device, disable=True, extra_args=extra,
-                callback=lambda info: bar.update(1),
-            )
-
-
 def parse_levels(text: str) -> list[int]:
     try:
         levels = [int(v) for v in text.split(",")]
@@ -152,8 +235,9 @@ def parse_levels(text: str) -> list[int]:
 # `train` options and their defaults; a --config file may set any of them (and TrainConfig's
 # other fields under "train"), and options given on the command line win.
 TRAIN_DEFAULTS = {
-    "levels": "8,16,32", "out": "runs/lowdiff", "batch": 64, "steps": 1000, "lr": 1e-3, "ema": 500.0,
+    "levels": None, "out": "runs/lowdiff", "batch": 64, "steps": 1000, "lr": 1e-3, "ema": 500.0,
     "loss": None, "checkpoint_every": 500, "seed": 0, "mixed_precision": "no", "method": "lowdiff",
+    "model": None, "latent_stats": None,
 }
 TRAIN_CONFIG_KEYS = {"init", "data", "train", *TRAIN_DEFAULTS}
 
@@ -177,12 +261,13 @@ def read_train_config(path: Path | None) -> dict:
 
 
 def load_init(init: object, seed: int):  # type: ignore[no-untyped-def]
-    """The network to start from: a fresh one ({"class_name", "init_kwargs"}, seeded), the EMA
+    """The EDM network to start from: a fresh one ({"class_name", "init_kwargs"}, seeded), the EMA
     network of a training run, or an EDM pickle / lowdiff-sched checkpoint."""
     import torch
 
     from lowdiff_sched.adapters.edm.checkpoint import load_edm
-    from lowdiff_sched.adapters.edm.lowdiff import MODEL_SPEC, build_network, load_run
+    from lowdiff_sched.adapters.edm.lowdiff import build_network
+    from lowdiff_sched.runs import MODEL_SPEC, load_run
 
     if isinstance(init, dict):
         if set(init) != {"class_name", "init_kwargs"}:
@@ -196,12 +281,35 @@ def load_init(init: object, seed: int):  # type: ignore[no-untyped-def]
     return load_edm(path)
 
 
+def load_dit_init(name: str, init: object, seed: int):  # type: ignore[no-untyped-def]
+    """The LightningDiT to start from: preset `name` fresh (seeded) without `init`, else the
+    network of a LightningDiT checkpoint or of a training run."""
+    import torch
+
+    from lowdiff_sched.adapters.dit.checkpoint import load_dit
+    from lowdiff_sched.adapters.dit.networks import LightningDiT, preset_config
+    from lowdiff_sched.runs import MODEL_SPEC, load_run
+
+    config = preset_config(name)
+    if init is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return LightningDiT(config)
+    path = Path(str(init))
+    model = load_run(path) if path.is_dir() and (path / MODEL_SPEC).is_file() else load_dit(path, config, name)
+    net = model.net.train().requires_grad_(True)
+    net.pos_embed.requires_grad_(False)  # a fixed table, as in LightningDiT
+    return net
+
+
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, help="JSON file with any of these options (and TrainConfig fields under \"train\"); command-line options win."),
-    init: Optional[str] = typer.Option(None, help="EDM network pickle, lowdiff-sched EDM checkpoint, or a training run to start from (its EMA network)."),
-    data: Optional[str] = typer.Option(None, help="EDM dataset (folder or zip of PNGs, dataset.json labels), or a named one: mnist, mnist:train."),
-    levels: Optional[str] = typer.Option(None, help="Resolutions low -> high, the last the network's [8,16,32]; only the network's own: train it unmodified."),
+    init: Optional[str] = typer.Option(None, help="EDM network pickle, lowdiff-sched EDM checkpoint, or a training run to start from (its EMA network); with --model, a LightningDiT checkpoint."),
+    data: Optional[str] = typer.Option(None, help="EDM dataset (folder or zip of PNGs, dataset.json labels), or a named one: mnist, mnist:train; with --model, latents (.safetensors/.npz: latents [N,C,H,W], labels)."),
+    model: Optional[str] = typer.Option(None, help="A DiT preset (dit-s1, dit-b1, dit-xl1): train a LightningDiT on latents, fresh or from --init."),
+    latent_stats: Optional[Path] = typer.Option(None, help="With --model: latents_stats.pt to normalise the latents with."),
+    levels: Optional[str] = typer.Option(None, help="Resolutions low -> high, the last the network's [EDM: 8,16,32; DiT: half and full latent size]; only the network's own: train it unmodified."),
     out: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, model.json, log.jsonl. An existing run resumes. [runs/lowdiff]"),
     batch: Optional[int] = typer.Option(None, help="Global batch size (split over torchrun processes). [64]"),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps in total (a resumed run continues to this). [1000]"),
@@ -228,33 +336,52 @@ def train(
     with user_errors():
         import json
 
-        from lowdiff_sched.adapters.edm.lowdiff import MODEL_SPEC, backbone_loss, cascade_of, model_spec
+        from lowdiff_sched.adapters.edm.lowdiff import backbone_loss, cascade_of
         from lowdiff_sched.datasets import dataset as named_dataset
         from lowdiff_sched.datasets import is_named
         from lowdiff_sched.outputs import atomic_path, ensure_writable_dir
         from lowdiff_sched.training import ImageDataset, TrainConfig
+        from lowdiff_sched.runs import MODEL_SPEC, spec_of
         from lowdiff_sched.training import train as run_training
 
         file = read_train_config(config)
         given = dict(init=init, data=data, levels=levels, out=out, batch=batch, steps=steps, lr=lr, ema=ema, loss=loss,
-                     checkpoint_every=checkpoint_every, seed=seed, mixed_precision=mixed_precision, method=method)
+                     checkpoint_every=checkpoint_every, seed=seed, mixed_precision=mixed_precision, method=method,
+                     model=model, latent_stats=latent_stats)
         opt = {k: v if v is not None else file.get(k, TRAIN_DEFAULTS.get(k)) for k, v in given.items()}
-        for key in ("init", "data"):
+        for key in ("init", "data") if opt["model"] is None else ("data",):
             if opt[key] is None:
                 raise UsageError(f"--{key} is required (on the command line or in --config)")
-        level_list = opt["levels"] if isinstance(opt["levels"], list) else parse_levels(str(opt["levels"]))
-        model = cascade_of(load_init(opt["init"], int(opt["seed"])), level_list, method=str(opt["method"]))
-        dataset = named_dataset(opt["data"]) if is_named(str(opt["data"])) else ImageDataset(opt["data"])
+        if opt["model"] is None and opt["latent_stats"] is not None:
+            raise UsageError("--latent-stats is for latent (DiT) training, with --model")
+        level_list = None
+        if opt["levels"] is not None:
+            level_list = opt["levels"] if isinstance(opt["levels"], list) else parse_levels(str(opt["levels"]))
+        if opt["model"] is not None:
+            from lowdiff_sched.adapters.dit.checkpoint import dit_cascade_of, load_latent_stats
+            from lowdiff_sched.training.latents import LatentDataset
+
+            net = load_dit_init(str(opt["model"]), opt["init"], int(opt["seed"]))
+            size = net.config.input_size
+            cascade = dit_cascade_of(net, level_list or [size // 2, size], str(opt["method"]))
+            stats = load_latent_stats(opt["latent_stats"], net.config.in_channels) if opt["latent_stats"] else None
+            dataset = LatentDataset(opt["data"], stats)
+            label_dim = cascade.label_dim if dataset.has_labels else 0  # unlabelled latents train the null class
+        else:
+            cascade = cascade_of(load_init(opt["init"], int(opt["seed"])), level_list or [8, 16, 32], method=str(opt["method"]))
+            dataset = named_dataset(opt["data"]) if is_named(str(opt["data"])) else ImageDataset(opt["data"])
+            label_dim = int(cascade.label_dim)
         extra = file.get("train", {})
         if not isinstance(extra, dict):
             raise UsageError(f'--config {config}: "train" must be an object of TrainConfig fields')
         train_config = TrainConfig.from_dict({
             **extra, "steps": opt["steps"], "batch": opt["batch"], "lr": opt["lr"], "ema_halflife_kimg": opt["ema"],
-            "loss": opt["loss"] or backbone_loss(model), "checkpoint_every": opt["checkpoint_every"], "seed": opt["seed"],
-            "mixed_precision": opt["mixed_precision"], "label_dim": int(model.net.label_dim),
-            "alternate_levels": opt["method"] == "c2f" and len(model.levels) > 1,
+            "loss": opt["loss"] or ("flow" if opt["model"] is not None else backbone_loss(cascade)),
+            "checkpoint_every": opt["checkpoint_every"], "seed": opt["seed"],
+            "mixed_precision": opt["mixed_precision"], "label_dim": label_dim,
+            "alternate_levels": opt["method"] == "c2f" and len(cascade.levels) > 1,
         })
-        spec = model_spec(model)
+        spec = spec_of(cascade)
         out_dir = ensure_writable_dir(Path(opt["out"]))
         spec_file = out_dir / MODEL_SPEC
         if spec_file.exists() and json.loads(spec_file.read_text()) != json.loads(json.dumps(spec)):
@@ -262,7 +389,7 @@ def train(
         with atomic_path(spec_file) as tmp:
             tmp.write_text(json.dumps(spec, indent=2))
         try:
-            run_training(model, dataset, train_config, out_dir, progress=progress)
+            run_training(cascade, dataset, train_config, out_dir, progress=progress)
         except KeyboardInterrupt:
             typer.echo(f"interrupted: the last completed step is saved in {out_dir}/; run the same command to resume", err=True)
             raise typer.Exit(130) from None
@@ -280,7 +407,8 @@ def info(
     """
     with user_errors():
         from lowdiff_sched.adapters.edm.checkpoint import load_edm
-        from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet, backbone_loss, load_run
+        from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet, backbone_loss
+        from lowdiff_sched.runs import load_run
         from lowdiff_sched.models import load_model, model_names
         from lowdiff_sched.models import model_spec as registered
 
@@ -398,7 +526,7 @@ def export(
     with user_errors():
         import torch
 
-        from lowdiff_sched.adapters.edm.lowdiff import export_run
+        from lowdiff_sched.runs import export_run
 
         spec_path, weights_path = export_run(run, out, dtype=torch.float16 if fp16 else torch.float32)
         typer.echo(f"wrote {spec_path} and {weights_path} ({weights_path.stat().st_size / 1e6:.1f} MB)")

@@ -7,11 +7,12 @@ from __future__ import annotations
 from .checkpoint import latest_checkpoint, load_checkpoint, load_weights
 from .config import TrainConfig
 from .data import ImageDataset, one_hot
-from .losses import EDMLoss, LevelNoise, VELoss, VPLoss, draw_multires_noise, make_loss, msf_loss, multires_loss
+from .losses import EDMLoss, FlowLoss, LevelNoise, VELoss, VPLoss, draw_multires_noise, make_loss, msf_loss, multires_loss
 from .loop import train
 
 __all__ = [
     "EDMLoss",
+    "FlowLoss",
     "ImageDataset",
     "LevelNoise",
     "TrainConfig",

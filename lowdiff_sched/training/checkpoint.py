@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..outputs import atomic_path
+from ..tensorfiles import load_tensor_file
 
 FORMAT = "lowdiff-sched-train/1"
 NAME = re.compile(r"^checkpoint-(\d{8})\.pt$")
@@ -54,12 +55,10 @@ def save_checkpoint(out_dir: str | Path, state: dict[str, Any], *, keep: int | N
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint's dict, loaded without executing code (weights_only)."""
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's dict on the CPU, loaded without executing code (weights_only)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = load_tensor_file(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a lowdiff-sched training checkpoint")
     return state
@@ -71,3 +70,4 @@ def load_weights(model: torch.nn.Module, path: str | Path, which: str = "ema") -
         raise ValueError(f'which must be "ema" or "model", got {which!r}')
     model.load_state_dict(load_checkpoint(path)[which])
     return model
+

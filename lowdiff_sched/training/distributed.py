@@ -103,3 +103,12 @@ def sum_over_ranks(values: torch.Tensor, procs: Processes) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values)
     return values
+
+
+def gather_objects(obj: object, procs: Processes) -> list[object]:
+    """Every rank's `obj`, in rank order, on every rank (a list of one in a one-process job)."""
+    if not procs.active:
+        return [obj]
+    out: list[object] = [None] * procs.world
+    dist.all_gather_object(out, obj)
+    return out

@@ -125,7 +125,7 @@ class _Run:
             broadcast_parameters(self.model, self.procs)
             self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
             return
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path)  # on the CPU; load_state_dict copies onto the model's device
         conflicts = resume_conflicts(state["config"], self.config)
         if conflicts:
             changes = ", ".join(f"{k}: {state['config'].get(k)!r} -> {getattr(self.config, k)!r}" for k in conflicts)

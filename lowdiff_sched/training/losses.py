@@ -1,5 +1,5 @@
-"""EDM's three training-noise distributions and loss weights, LowDiff's multi-resolution loss,
-and MSF's per-scale rectified-flow loss.
+"""EDM's three training-noise distributions and loss weights, rectified flow's in the same
+terms, LowDiff's multi-resolution loss, and MSF's per-scale rectified-flow loss.
 
 Each loss class says only how sigma is drawn and how a sample at that sigma is weighted;
 `multires_loss` applies one of them identically at every level of a cascade (LowDiff Alg. 1).
@@ -94,11 +94,43 @@ class EDMLoss:
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
 
-LOSSES: dict[str, type] = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss}
+@dataclass(frozen=True)
+class FlowLoss:
+    """Rectified flow as LightningDiT trains it, in sigma terms: flow time t ~ sigmoid(N(0, 1))
+    ("lognorm", their default) or U(0, 1), clipped to [eps, 1 - eps], sigma = (1 - t) / t.
+
+    Since D - x0 = (1 - t)(v_pred - v) (flow.velocity_denoiser), the weight
+    1 / (1 - t)^2 = ((1 + sigma) / sigma)^2 makes the weighted denoising error exactly the
+    velocity regression error ||v_pred - (x0 - noise)||^2. LightningDiT's extra cosine term is
+    not included.
+    """
+
+    t_dist: str = "lognorm"
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.t_dist not in ("lognorm", "uniform"):
+            raise ValueError(f"FlowLoss.t_dist must be 'lognorm' or 'uniform', got {self.t_dist!r}")
+        if not 0 < self.eps < 0.5:
+            raise ValueError(f"FlowLoss.eps must lie in (0, 0.5), got {self.eps}")
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+        if self.t_dist == "lognorm":
+            t = torch.sigmoid(_randn((n,), generator, device, torch.float32))
+        else:
+            t = _rand(n, generator, device)
+        t = t.clamp(self.eps, 1 - self.eps)
+        return (1 - t) / t
+
+    def weight(self, sigma: Tensor) -> Tensor:
+        return ((1 + sigma) / sigma) ** 2
+
+
+LOSSES: dict[str, type] = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss, "flow": FlowLoss}
 
 
 def make_loss(name: str) -> SigmaLoss:
-    """The loss named "vp", "ve" or "edm", with EDM's default hyper-parameters."""
+    """The loss named "vp", "ve", "edm" (EDM's hyper-parameters) or "flow" (LightningDiT's)."""
     if name not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
     return LOSSES[name]()

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from ...protocol import Level
-from .inputs import check_level_input, check_retrofit, label_rows, level_one_hot
+from ...protocol import check_level_input, level_one_hot
+from .inputs import check_retrofit, label_rows
 
 
 class C2FUNet(nn.Module):

@@ -1,4 +1,5 @@
-"""Argument handling shared by the EDM cascades' `denoise` (LowDiffUNet, C2FUNet)."""
+"""Argument handling shared by the EDM cascades' `denoise` (LowDiffUNet, C2FUNet); the
+level checks every adapter shares live in `lowdiff_sched.protocol`."""
 
 from __future__ import annotations
 
@@ -7,19 +8,6 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ...protocol import Level
-
-
-def check_level_input(levels: Sequence[Level], level: int, x: Tensor) -> int:
-    """`level` as a non-negative index, after checking it and x's shape at that level."""
-    n = len(levels)
-    if not -n <= level < n:
-        raise ValueError(f"level {level} is outside the model's {n} levels")
-    level %= n
-    lv = levels[level]
-    if x.ndim != 4 or tuple(x.shape[1:]) != lv.shape:
-        raise ValueError(f"x must have shape [B, {', '.join(map(str, lv.shape))}] at level {level}, got {tuple(x.shape)}")
-    return level
 
 
 def label_rows(net: nn.Module, class_labels: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
@@ -29,13 +17,6 @@ def label_rows(net: nn.Module, class_labels: Tensor | None, batch: int, device: 
     if class_labels is None:
         return torch.zeros([batch, net.label_dim], device=device)
     return class_labels.to(torch.float32).reshape(-1, net.label_dim)
-
-
-def level_one_hot(n: int, level: int, device: torch.device) -> Tensor:
-    """[1, n] with a 1 at `level`: the input of a level (or resolution-label) embedding."""
-    one_hot = torch.zeros(1, n, device=device)
-    one_hot[0, level] = 1
-    return one_hot
 
 
 def check_retrofit(net: nn.Module, levels: Sequence[int], who: str) -> tuple[nn.Module, tuple[int, ...], int]:

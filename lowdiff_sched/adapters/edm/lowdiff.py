@@ -11,7 +11,6 @@ level starts at zero, so right after the retrofit the top level is the original 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -20,10 +19,10 @@ from torch import Tensor, nn
 from torch.nn.functional import silu
 
 from ...kernels import upsample_concat
-from ...protocol import Level
+from ...protocol import Level, check_level_input, level_one_hot
 from ...resample import UPSAMPLE_MODES
 from .c2f import C2FUNet
-from .inputs import check_level_input, check_retrofit, label_rows, level_one_hot
+from .inputs import check_retrofit, label_rows
 from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution
 
 
@@ -208,8 +207,7 @@ class EDMCascade(nn.Module):
         return self.net(x, sigma, class_labels=class_labels)
 
 
-# ---- runs: a model spec beside the training checkpoints --------------------------------
-MODEL_SPEC = "model.json"
+# ---- runs: what a training run's model.json says about an EDM cascade (see lowdiff_sched.runs) ----
 _LOSS_OF_PRECOND = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
 
 
@@ -253,7 +251,7 @@ def cascade_of(
     return LowDiffUNet.from_edm(net, levels, cond, embed_cond_sigma)
 
 
-def model_spec(model: "LowDiffUNet | EDMCascade | C2FUNet") -> dict[str, Any]:
+def edm_model_spec(model: "LowDiffUNet | EDMCascade | C2FUNet") -> dict[str, Any]:
     """JSON data that rebuilds `model`'s architecture (weights come from a checkpoint)."""
     init_kwargs = getattr(model.net, "init_kwargs", None)
     if init_kwargs is None:
@@ -270,8 +268,8 @@ def model_spec(model: "LowDiffUNet | EDMCascade | C2FUNet") -> dict[str, Any]:
     return {**spec, "levels": list(model.level_sizes), "cond": model.cond_mode, "embed_cond_sigma": model.embed_cond_sigma}
 
 
-def from_spec(spec: dict[str, Any]) -> "LowDiffUNet | EDMCascade | C2FUNet":
-    """Build (untrained) the model a `model_spec` describes."""
+def edm_from_spec(spec: dict[str, Any]) -> "LowDiffUNet | EDMCascade | C2FUNet":
+    """Build (untrained) the model an `edm_model_spec` describes."""
     if not isinstance(spec, dict) or spec.get("format") != "lowdiff-sched/lowdiff-edm" or spec.get("version") != 1:
         raise ValueError("not a lowdiff-sched LowDiff EDM model spec (format/version)")
     net = build_network(spec["backbone"]["class_name"], spec["backbone"]["init_kwargs"])
@@ -280,63 +278,3 @@ def from_spec(spec: dict[str, Any]) -> "LowDiffUNet | EDMCascade | C2FUNet":
     if spec.get("method", "lowdiff") == "c2f":
         return C2FUNet.from_edm(net, spec["levels"])
     return LowDiffUNet.from_edm(net, spec["levels"], spec["cond"], spec["embed_cond_sigma"])
-
-
-def load_run(path: str | Path) -> "LowDiffUNet | EDMCascade | C2FUNet":
-    """A trained LowDiff model from a training run folder (its latest checkpoint) or from one
-    checkpoint file inside it, with the EMA weights, in eval mode."""
-    from ...training.checkpoint import latest_checkpoint, load_weights
-
-    path = Path(path)
-    run = path if path.is_dir() else path.parent
-    spec_file = run / MODEL_SPEC
-    if not spec_file.is_file():
-        raise ValueError(f"{str(run)!r} is not a lowdiff-sched training run (no {MODEL_SPEC})")
-    checkpoint = path if path.is_file() else latest_checkpoint(run)
-    if checkpoint is None:
-        raise ValueError(f"training run {str(run)!r} has no checkpoint yet")
-    try:
-        spec = json.loads(spec_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{str(spec_file)!r} is not valid JSON: {err}") from None
-    return load_weights(from_spec(spec), checkpoint, "ema").eval()
-
-
-# ---- exported weights: a model spec and the EMA weights as safetensors ------------------------
-def export_run(run: str | Path, out: str | Path, *, dtype: torch.dtype = torch.float16) -> tuple[Path, Path]:
-    """Write a run's EMA model as `out`.json (its model spec) and `out`.safetensors (weights in
-    `dtype`), the form in which models ship with the package; returns both paths."""
-    from safetensors.torch import save_file
-
-    from ...outputs import atomic_path
-
-    run = Path(run)
-    model = load_run(run)
-    spec = json.loads((run if run.is_dir() else run.parent).joinpath(MODEL_SPEC).read_text())
-    out = Path(out)
-    spec_path, weights_path = out.with_suffix(".json"), out.with_suffix(".safetensors")
-    state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(weights_path) as tmp:
-        save_file(state, str(tmp))
-    with atomic_path(spec_path) as tmp:
-        tmp.write_text(json.dumps(spec, indent=2) + "\n")
-    return spec_path, weights_path
-
-
-def load_exported(path: str | Path) -> "LowDiffUNet | EDMCascade | C2FUNet":
-    """A model written by `export_run` (give either file or their common stem), float32, eval mode."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    spec_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
-    for p in (spec_path, weights_path):
-        if not p.is_file():
-            raise ValueError(f"exported model {str(path)!r} needs {p.name} beside it; not found")
-    try:
-        spec = json.loads(spec_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{str(spec_path)!r} is not valid JSON: {err}") from None
-    model = from_spec(spec)
-    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in load_file(str(weights_path)).items()}
-    model.load_state_dict(state, strict=True)
-    return model.eval().requires_grad_(False)

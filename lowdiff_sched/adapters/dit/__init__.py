@@ -1,0 +1,1 @@
+"""LightningDiT backbones for cascaded sampling (network, LowDiff retrofit, flow denoiser, VAE decoder)."""

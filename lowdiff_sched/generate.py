@@ -1,0 +1,104 @@
+"""A sampling job: seeds split into batches, batches split over torchrun processes, each
+batch's outputs written as soon as it is done, and the summary files (grid, .npz) written
+by rank 0 from every rank's results.
+
+Batches are cut from the whole seed list before they are dealt out (batch k to rank
+k mod world, as EDM's generate.py does), and every sample depends on its seed only, so a
+job on N processes writes exactly the files a one-process job writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .outputs import atomic_path, grid, save_png, save_samples, to_uint8
+from .plan import CascadePlan
+from .protocol import ResolutionCascade
+from .sampling import class_label_args, sample_cascade
+from .training.distributed import Processes, gather_objects
+
+GRID_MAX = 64  # latent models: grid.png shows the first seeds only (decoded images are large)
+
+
+@dataclass(frozen=True)
+class Batch:
+    index: int
+    seeds: list[int]
+    labels: list[int] | None
+
+
+def deal_batches(seeds: Sequence[int], labels: Sequence[int] | None, batch: int, procs: Processes) -> list[Batch]:
+    """This rank's share of the job: batches k = rank, rank + world, ... of the seed list."""
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("seeds must not repeat (each seed names one sample and its files)")
+    cut = [Batch(k, list(seeds[lo : lo + batch]), None if labels is None else list(labels[lo : lo + batch]))
+           for k, lo in enumerate(range(0, len(seeds), batch))]
+    return cut[procs.rank :: procs.world]
+
+
+def sample_batch(cascade: ResolutionCascade, plan: CascadePlan, b: Batch, device: str | torch.device,
+                 extra: dict[str, Any] | None = None, callback: Callable[[dict[str, Any]], None] | None = None) -> Tensor:
+    """One batch of samples (float32, on the CPU)."""
+    label_dim = int(getattr(cascade, "label_dim", 0))
+    args = dict(extra or {})
+    if b.labels is not None:
+        args.update(class_label_args(b.labels, label_dim, device))
+    with torch.no_grad():
+        x = sample_cascade(cascade, plan, seeds=b.seeds, batch_size=len(b.seeds), device=device, disable=True,
+                           extra_args=args or None, callback=callback)
+    return x.float().cpu()  # type: ignore[union-attr]
+
+
+def write_latents(out_dir: Path, b: Batch, latents: Tensor, space: str) -> Path:
+    """latents-{first seed}-{last seed}.safetensors: `latents`, `seeds` (and `labels`), with
+    metadata saying whether the latents are the VAE's ("vae") or the network's ("model")."""
+    from safetensors.torch import save_file
+
+    tensors = {"latents": latents.contiguous(), "seeds": torch.tensor(b.seeds, dtype=torch.int64)}
+    if b.labels is not None:
+        tensors["labels"] = torch.tensor(b.labels, dtype=torch.int64)
+    path = out_dir / f"latents-{b.seeds[0]:06d}-{b.seeds[-1]:06d}.safetensors"
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"space": space})
+    return path
+
+
+def finish_pixels(out_dir: Path, mine: list[tuple[Batch, Tensor]], procs: Processes, value_range: tuple[float, float],
+                  ncol: int | None) -> dict[str, Path] | None:
+    """Gather every rank's samples; rank 0 writes the PNGs, grid.png and samples.npz."""
+    parts = gather_objects([(b.index, b.seeds, b.labels, x) for b, x in mine], procs)
+    if not procs.is_main:
+        return None
+    rows = sorted((r for part in parts for r in part), key=lambda r: r[0])  # type: ignore[attr-defined]
+    seeds = [s for r in rows for s in r[1]]
+    labels = None if rows[0][2] is None else [c for r in rows for c in r[2]]
+    samples = torch.cat([r[3] for r in rows])
+    return save_samples(out_dir, samples, seeds, value_range, labels=labels, ncol=ncol)
+
+
+def write_images(out_dir: Path, b: Batch, images: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """One {seed:06d}.png per decoded image; returns the uint8 images [B, H, W, C]."""
+    pixels = to_uint8(images, value_range)
+    for seed, img in zip(b.seeds, pixels):
+        save_png(img, out_dir / f"{seed:06d}.png")
+    return pixels
+
+
+def finish_grid(out_dir: Path, mine: list[tuple[int, list[int], np.ndarray]], procs: Processes, ncol: int | None) -> Path | None:
+    """Rank 0 writes grid.png of the first GRID_MAX seeds' decoded images from every rank."""
+    parts = gather_objects(mine, procs)
+    if not procs.is_main:
+        return None
+    rows = sorted((r for part in parts for r in part), key=lambda r: r[0])  # type: ignore[attr-defined]
+    pixels = np.concatenate([r[2] for r in rows])[:GRID_MAX]
+    if not len(pixels):
+        return None
+    path = out_dir / "grid.png"
+    save_png(grid(pixels, ncol), path)
+    return path
