@@ -5,8 +5,8 @@ latents: the single-resolution baseline `imagenet256-dit-b1-baseline-100` (100 E
 at 16x16, the unretrofitted network run through DiTCascade) against the LowDiff 2-stage
 preset `imagenet256-dit-b1` (45 Euler NFE at 8x8, truncated from a 100-step shifted flow
 grid, then 50 at 16x16) on the same network retrofitted with `LowDiffDiT.from_lightningdit`.
-The two plans are timed interleaved, alternating which goes first, after one dropped
-warm-up round. FLOPs per call at each level are counted with torch's FlopCounterMode on one
+The two plans are timed interleaved, alternating which goes first, after warm-up calls at
+every level. FLOPs per call at each level are counted with torch's FlopCounterMode on one
 unguided forward pass. LowDiff's effective NFE (Appendix B) is reported twice: with eta =
 the FLOP ratio of a call at 8x8 to one at 16x16, and with eta = the measured ratio of
 median single-call latencies (5 calls per level after a warm-up call).
@@ -33,8 +33,9 @@ import torch
 
 from lowdiff_sched import presets
 from lowdiff_sched.adapters.dit.cascade import DiTCascade, LowDiffDiT
-from lowdiff_sched.adapters.dit.networks import PRESETS as DIT_PRESETS
-from lowdiff_sched.adapters.dit.networks import LightningDiT, preset_config
+from lowdiff_sched.adapters.dit.networks import LightningDiT
+from lowdiff_sched.adapters.dit.presets import PRESETS as DIT_PRESETS
+from lowdiff_sched.adapters.dit.presets import preset_config
 from lowdiff_sched.cost import flops_per_call
 from lowdiff_sched.plan import CascadePlan
 from lowdiff_sched.protocol import ResolutionCascade
@@ -76,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="dit-b1", choices=sorted(DIT_PRESETS), help="network size (dit-s1 is tiny, for smoke runs)")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds, after one dropped warm-up round")
+    parser.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds (warm-up calls at every level come first)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale; > 1 doubles the batch of every call")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers as JSON")
@@ -113,15 +114,16 @@ def main() -> None:
         latency = [call_latency(model, lv, args.batch, device, extra, sync) for lv in range(2)]
         base_latency = call_latency(original, 0, args.batch, device, extra, sync)
         times: dict[str, list[float]] = {name: [] for name in plans}
-        for r in range(args.repeats + 1):  # the first round warms up and is dropped
+        # the single-call timings above warmed every level up; a full warm-up round would
+        # double the run (about 10 minutes for B/1 on a CPU)
+        for r in range(args.repeats):
             for name in list(plans)[:: 1 if r % 2 else -1]:
                 plan, cascade_model = plans[name]
                 sync()
                 start = time.perf_counter()
                 sample_cascade(cascade_model, plan, seeds=seeds, disable=True, device=device, extra_args=extra)
                 sync()
-                if r:
-                    times[name].append(time.perf_counter() - start)
+                times[name].append(time.perf_counter() - start)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     eta_flops = flops[0] / flops[1]

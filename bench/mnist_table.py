@@ -1,13 +1,14 @@
 """Quality against cost on real MNIST digits: the baseline at 35/19/11 NFE against the LowDiff
 cascades, all rows measured in one run on one machine, with the same seeds and classes.
 
-Rows: mnist-base with `mnist-base-35/19/11`, mnist-lowdiff with `mnist-3stage`
-(`mnist-2stage` needs a model trained with levels 16/32; the shipped one has 8/16/32). Columns: FD-MNIST, class accuracy, seconds per 64 samples, speed-up over
-baseline-35, NFE and effective NFE (FLOP-weighted). Writes a CSV, prints the markdown table,
+Rows: mnist-base with `mnist-base-35/19/11`, mnist-lowdiff (levels 8/16/32) with
+`mnist-3stage`, mnist-lowdiff-2level (levels 16/32) with `mnist-2stage`. Columns: FD-MNIST,
+class accuracy, seconds per 64 samples, speed-up over baseline-35, NFE and effective NFE
+(FLOP-weighted). Writes a CSV, prints the markdown table,
 and with --plot draws FD against seconds.
 
     python bench/mnist_table.py [--n 2000] [--csv docs/mnist-table.csv] [--plot docs/mnist-fd-vs-time.png]
-    python bench/mnist_table.py --base runs/mnist-base --lowdiff runs/mnist-lowdiff   # training runs instead
+    python bench/mnist_table.py --base runs/mnist-base --lowdiff runs/mnist-lowdiff --lowdiff-2level runs/mnist-lowdiff-2level
     python bench/mnist_table.py --from-csv docs/mnist-table.csv --plot docs/mnist-fd-vs-time.png  # redraw only
 """
 
@@ -29,6 +30,7 @@ ROWS = [
     ("base", "mnist-base-19"),
     ("base", "mnist-base-11"),
     ("lowdiff", "mnist-3stage"),
+    ("lowdiff-2level", "mnist-2stage"),
 ]
 
 
@@ -71,7 +73,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--base", default="mnist-base", help="baseline model name or training run")
-    parser.add_argument("--lowdiff", default="mnist-lowdiff", help="LowDiff model name or training run")
+    parser.add_argument("--lowdiff", default="mnist-lowdiff", help="LowDiff model (levels 8/16/32) name or training run")
+    parser.add_argument("--lowdiff-2level", default="mnist-lowdiff-2level", help="LowDiff model (levels 16/32) name or training run")
     parser.add_argument("--csv", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--from-csv", type=Path, default=None, help="print the table and plot from a CSV written earlier; measure nothing")
@@ -88,7 +91,8 @@ def main() -> None:
             print(f"wrote {args.plot}")
         return
 
-    models = {"base": (args.base, load_model(args.base)), "lowdiff": (args.lowdiff, load_model(args.lowdiff))}
+    models = {key: (name, load_model(name)) for key, name in
+              (("base", args.base), ("lowdiff", args.lowdiff), ("lowdiff-2level", args.lowdiff_2level))}
     classifier = load_classifier()
     reference = reference_stats(classifier)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, n={args.n}")

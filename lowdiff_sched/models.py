@@ -110,6 +110,14 @@ register_model(
 )
 register_model(
     ModelSpec(
+        "mnist-lowdiff-2level",
+        "LowDiff on real MNIST digits with two levels: mnist-base retrofitted at 16/32 and fine-tuned (shipped weights, 10 classes)",
+        _shipped("mnist-lowdiff-2level"),
+        default_plan="mnist-2stage",
+    )
+)
+register_model(
+    ModelSpec(
         "mnist-base",
         "single-resolution 32x32 baseline on real MNIST digits, the SongUNet mnist-lowdiff starts from (shipped weights, 10 classes)",
         _shipped("mnist-base"),
@@ -126,7 +134,7 @@ NO_DIT_WEIGHTS = (
 def _dit(name: str) -> Callable[..., ResolutionCascade]:
     def build(device: torch.device, ckpt: str | Path | None = None, **options: Any) -> ResolutionCascade:
         from .adapters.dit.checkpoint import load_dit
-        from .adapters.dit.networks import preset_config
+        from .adapters.dit.presets import preset_config
 
         if ckpt is None:
             raise ValueError(NO_DIT_WEIGHTS.format(name=name))

@@ -87,7 +87,7 @@ _PRESETS = [
         lambda: replace(PRESETS["cifar10-3stage"].build(), name="mnist-3stage"),
     ),
     Preset(
-        "mnist-2stage", "LowDiff 16/32 on an MNIST model trained with levels 16/32 (not the shipped 8/16/32 one, whose 16 level needs an 8 below it)", (19, 17),
+        "mnist-2stage", "LowDiff 16/32 on the shipped mnist-lowdiff-2level model: the CIFAR-10 2-stage split", (19, 17),
         lambda: replace(PRESETS["cifar10-2stage"].build(), name="mnist-2stage"),
     ),
     *(

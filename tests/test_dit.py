@@ -24,7 +24,8 @@ from lowdiff_sched.adapters.dit.checkpoint import (
     read_state_dict,
     save_dit,
 )
-from lowdiff_sched.adapters.dit.networks import LightningDiT, PRESETS, DiTConfig, preset_config, rope_2d, sincos_2d
+from lowdiff_sched.adapters.dit.networks import DiTConfig, LightningDiT, rope_2d, sincos_2d
+from lowdiff_sched.adapters.dit.presets import PRESETS, preset_config
 from lowdiff_sched.sampling import sample_cascade
 from lowdiff_sched.schedules import flow_sigmas
 from lowdiff_sched.training import FlowLoss, multires_loss

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from lowdiff_sched.adapters.dit.cascade import LowDiffDiT
 from lowdiff_sched.adapters.dit.checkpoint import save_dit
-from lowdiff_sched.adapters.dit.networks import LightningDiT, preset_config
+from lowdiff_sched.adapters.dit.networks import LightningDiT
+from lowdiff_sched.adapters.dit.presets import preset_config
 from lowdiff_sched.adapters.dit.vae import DecoderConfig, VAEDecoder
 from lowdiff_sched.cli.app import app
 from lowdiff_sched.plan import CascadePlan, StagePlan
@@ -247,3 +248,10 @@ def test_image_model_ranks_share_the_work_and_rank0_writes_the_files_of_one(tmp_
     assert "samples.npz" in same_files(tmp_path / "one", tmp_path / "two")
     assert generate.finish_pixels(tmp_path / "x", results[1], ranks[1], (-1.0, 1.0), None) is None  # rank 1 writes nothing
     assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
+
+
+def test_info_counts_a_preset_without_weights():
+    result = runner.invoke(app, ["info", "dit-b1"])
+    assert result.exit_code == 0, result.output
+    assert "130,556,192 parameters" in result.output and "8x8x32, 16x16x32 latents" in result.output
+    assert "retrofit   +" in result.output and "LowDiffDiT" in result.output

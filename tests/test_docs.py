@@ -30,7 +30,8 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     # the DiT example loads a LowDiff checkpoint: a small one (dit-s1) under the README's name
     from lowdiff_sched.adapters.dit.cascade import LowDiffDiT
     from lowdiff_sched.adapters.dit.checkpoint import save_dit
-    from lowdiff_sched.adapters.dit.networks import LightningDiT, preset_config
+    from lowdiff_sched.adapters.dit.networks import LightningDiT
+    from lowdiff_sched.adapters.dit.presets import preset_config
 
     save_dit(tmp_path / "lowdiff-b1.pt", LowDiffDiT(LightningDiT(preset_config("dit-s1")), (8, 16)), preset_config("dit-s1"))
     monkeypatch.chdir(tmp_path)

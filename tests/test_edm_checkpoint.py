@@ -226,6 +226,11 @@ def test_classes_argument_and_stand_in_structure(tmp_path):
 # Safety.
 
 
+# where an ndarray's pickle points: numpy.core... before numpy 2, numpy._core... since
+_rebuild = np.zeros(3).__reduce__()[0]
+NUMPY_RECONSTRUCT = f"{_rebuild.__module__}.{_rebuild.__name__}"
+
+
 def hostile_calls(marker: Path) -> dict[str, bytes]:
     cmd = f"touch {marker}"
     return {
@@ -238,7 +243,7 @@ def hostile_calls(marker: Path) -> dict[str, bytes]:
         "torch.load": raw_global_call("torch", "load", str(marker)),
         "torch.serialization.load": pickle.dumps(CallOnLoad(torch.load, str(marker))),
         "torch.nn.modules.linear.Linear": pickle.dumps(nn.Linear(2, 2)),
-        "numpy.core.multiarray._reconstruct": pickle.dumps(np.zeros(3)),
+        NUMPY_RECONSTRUCT: pickle.dumps(np.zeros(3)),
         "builtins.getattr": raw_global_call("builtins", "getattr", "x"),
     }
 

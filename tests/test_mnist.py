@@ -125,6 +125,9 @@ def test_shipped_models_load_strictly(lowdiff):
         assert (HERE / f"{name}.safetensors").stat().st_size <= 10e6
     # the retrofit shares the baseline's architecture
     assert {k for k in lowdiff.state_dict() if k.startswith("net.")} == set(base.state_dict())
+    two = load_model("mnist-lowdiff-2level")
+    assert isinstance(two, LowDiffUNet) and two.level_sizes == (16, 32)
+    assert (HERE / "mnist-lowdiff-2level.safetensors").stat().st_size <= 10e6
 
 
 def test_shipped_lowdiff_draws_the_digits_it_is_asked_for(lowdiff, classifier):
@@ -132,6 +135,13 @@ def test_shipped_lowdiff_draws_the_digits_it_is_asked_for(lowdiff, classifier):
     result = evaluate(lowdiff, presets.get("mnist-3stage"), seeds=range(20), batch=20, classifier=classifier, model_name="mnist-lowdiff")
     assert round(result.class_accuracy * result.n) >= 18, result.summary()
     assert result.nfe == sum(presets.get("mnist-3stage").nfe()) and result.effective_nfe < result.nfe
+
+
+def test_shipped_2level_lowdiff_draws_the_digits_it_is_asked_for(classifier):
+    """The same check for the 16/32 model under the 2-stage plan (19 of 20 when shipped)."""
+    model = load_model("mnist-lowdiff-2level")
+    result = evaluate(model, presets.get("mnist-2stage"), seeds=range(20), batch=20, classifier=classifier, model_name="mnist-lowdiff-2level")
+    assert round(result.class_accuracy * result.n) >= 18, result.summary()
 
 
 def test_class_labels_reach_the_network(lowdiff):

@@ -287,7 +287,8 @@ def load_dit_init(name: str, init: object, seed: int):  # type: ignore[no-untype
     import torch
 
     from lowdiff_sched.adapters.dit.checkpoint import load_dit
-    from lowdiff_sched.adapters.dit.networks import LightningDiT, preset_config
+    from lowdiff_sched.adapters.dit.networks import LightningDiT
+    from lowdiff_sched.adapters.dit.presets import preset_config
     from lowdiff_sched.runs import MODEL_SPEC, load_run
 
     config = preset_config(name)
@@ -415,6 +416,9 @@ def info(
         path = Path(model)
         if model in model_names():
             typer.echo(f"{model}: {registered(model).description}")
+            if registered(model).latent:
+                _dit_info(model)
+                return
             cascade = load_model(model)
             if not hasattr(cascade, "net"):
                 return
@@ -422,6 +426,9 @@ def info(
             cascade = load_run(path)
         else:
             cascade = LowDiffUNet.from_edm(load_edm(path), parse_levels(levels))
+        if not hasattr(cascade.net, "model"):  # a DiT run
+            _dit_info(cascade)
+            return
         base = sum(p.numel() for p in cascade.net.parameters())
         extra = getattr(cascade, "parameter_overhead", 0)
         typer.echo(f"backbone   {type(cascade.net).__name__}({type(cascade.net.model).__name__}), {base:,} parameters, loss {backbone_loss(cascade)}")
@@ -431,6 +438,32 @@ def info(
             typer.echo(f"retrofit   +{extra:,} parameters (+{extra / base:.3%}): {base / 1e6:.2f}M -> {(base + extra) / 1e6:.2f}M")
         else:
             typer.echo("retrofit   none: the network itself, one level")
+
+
+def _dit_info(model) -> None:  # type: ignore[no-untyped-def]
+    """Sizes of a DiT preset (counted on the meta device, no weights needed) or of a DiT run."""
+    import torch
+
+    from lowdiff_sched.adapters.dit.cascade import LowDiffDiT
+    from lowdiff_sched.adapters.dit.networks import LightningDiT
+    from lowdiff_sched.adapters.dit.presets import preset_config
+
+    if isinstance(model, str):
+        config = preset_config(model)
+        with torch.device("meta"):
+            net = LightningDiT(config)
+            cascade = LowDiffDiT(net, (config.input_size // 2, config.input_size))
+    else:
+        cascade, net = model, model.net
+    c = net.config
+    base = sum(p.numel() for p in net.parameters())
+    typer.echo(f"backbone   LightningDiT (depth {c.depth}, width {c.hidden_size}, {c.num_heads} heads, patch {c.patch_size}), "
+               f"{base:,} parameters, loss flow")
+    typer.echo(f"levels     {', '.join(f'{lv.size[0]}x{lv.size[1]}x{lv.channels}' for lv in cascade.levels)} latents, "
+               f"{c.num_classes} classes + null")
+    if len(cascade.levels) > 1:
+        extra = sum(p.numel() for p in cascade.parameters()) - base
+        typer.echo(f"retrofit   +{extra:,} parameters (+{extra / base:.3%}) for {type(cascade).__name__}")
 
 
 @app.command("eval")

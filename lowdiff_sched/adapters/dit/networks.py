@@ -14,7 +14,7 @@ the shared trunk.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -70,21 +70,6 @@ class DiTConfig:
         if unknown:
             raise ValueError(f"unknown DiT config keys {unknown}; known: {sorted(cls.__dataclass_fields__)}")
         return cls(**data)
-
-
-# LightningDiT's released sizes (B/1 and XL/1 on 16x16x32 VA-VAE latents) and a small one for tests.
-PRESETS: dict[str, DiTConfig] = {
-    "dit-b1": DiTConfig(hidden_size=768, depth=12, num_heads=12),
-    "dit-xl1": DiTConfig(hidden_size=1152, depth=28, num_heads=16),
-    "dit-s1": DiTConfig(hidden_size=128, depth=4, num_heads=4),
-}
-
-
-def preset_config(name: str, **overrides: Any) -> DiTConfig:
-    """The config of a preset (`PRESETS`), with fields replaced by `overrides`."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown DiT preset {name!r}; presets: {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
 
 
 # ---- fixed tables ------------------------------------------------------------------------
