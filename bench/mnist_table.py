@@ -2,7 +2,10 @@
 cascades, all rows measured in one run on one machine, with the same seeds and classes.
 
 Rows: mnist-base with `mnist-base-35/19/11`, mnist-lowdiff (levels 8/16/32) with
-`mnist-3stage`, mnist-lowdiff-2level (levels 16/32) with `mnist-2stage`. Columns: FD-MNIST,
+`mnist-3stage`, mnist-lowdiff-2level (levels 16/32) with `mnist-2stage`, and mnist-c2f (C2F-DM's
+resolution-label fine-tune at 16/32) with `mnist-c2f` (Renoise) and `mnist-continue`
+(Continue). `--plans` measures a subset (mnist-base-35, the speed-up reference, always runs
+first). Columns: FD-MNIST,
 class accuracy, seconds per 64 samples, speed-up over baseline-35, NFE and effective NFE
 (FLOP-weighted). Writes a CSV, prints the markdown table,
 and with --plot draws FD against seconds.
@@ -31,6 +34,8 @@ ROWS = [
     ("base", "mnist-base-11"),
     ("lowdiff", "mnist-3stage"),
     ("lowdiff-2level", "mnist-2stage"),
+    ("c2f", "mnist-c2f"),
+    ("c2f", "mnist-continue"),
 ]
 
 
@@ -56,12 +61,12 @@ def plot(results: list[Evaluation], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for r in results:
-        lowdiff = "stage" in r.plan
-        ax.scatter(r.seconds_per_64, r.fd_mnist, marker="o" if lowdiff else "s", s=40, color="C1" if lowdiff else "C0")
+        cascade = not r.plan.startswith("mnist-base")
+        ax.scatter(r.seconds_per_64, r.fd_mnist, marker="o" if cascade else "s", s=40, color="C1" if cascade else "C0")
         ax.annotate(f"{r.plan} ({r.nfe} NFE)", (r.seconds_per_64, r.fd_mnist), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("seconds per 64 samples (this CPU)")
     ax.set_ylabel("FD-MNIST (lower is better)")
-    ax.set_title("MNIST: LowDiff cascades (orange) vs single-resolution baseline (blue)", fontsize=9)
+    ax.set_title("MNIST: cascades (orange) vs single-resolution baseline (blue)", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -75,6 +80,8 @@ def main() -> None:
     parser.add_argument("--base", default="mnist-base", help="baseline model name or training run")
     parser.add_argument("--lowdiff", default="mnist-lowdiff", help="LowDiff model (levels 8/16/32) name or training run")
     parser.add_argument("--lowdiff-2level", default="mnist-lowdiff-2level", help="LowDiff model (levels 16/32) name or training run")
+    parser.add_argument("--c2f", default="mnist-c2f", help="C2F-DM model (levels 16/32) name or training run")
+    parser.add_argument("--plans", default=None, help="comma-separated plans of ROWS to measure [all]")
     parser.add_argument("--csv", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--from-csv", type=Path, default=None, help="print the table and plot from a CSV written earlier; measure nothing")
@@ -91,13 +98,20 @@ def main() -> None:
             print(f"wrote {args.plot}")
         return
 
-    models = {key: (name, load_model(name)) for key, name in
-              (("base", args.base), ("lowdiff", args.lowdiff), ("lowdiff-2level", args.lowdiff_2level))}
+    rows = ROWS
+    if args.plans is not None:
+        wanted = {"mnist-base-35", *args.plans.split(",")}
+        unknown = wanted - {plan for _, plan in ROWS}
+        if unknown:
+            parser.error(f"--plans: not rows of this table: {sorted(unknown)}")
+        rows = [row for row in ROWS if row[1] in wanted]
+    names = {"base": args.base, "lowdiff": args.lowdiff, "lowdiff-2level": args.lowdiff_2level, "c2f": args.c2f}
+    models = {key: (names[key], load_model(names[key])) for key in dict.fromkeys(key for key, _ in rows)}
     classifier = load_classifier()
     reference = reference_stats(classifier)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, n={args.n}")
     results = []
-    for key, plan_name in ROWS:
+    for key, plan_name in rows:
         name, model = models[key]
         result = evaluate(model, presets.get(plan_name), seeds=range(args.n), batch=args.batch, classifier=classifier,
                           reference=reference, model_name=name)

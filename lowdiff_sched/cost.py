@@ -14,7 +14,9 @@ def flops_per_call(cascade: ResolutionCascade, level: int, batch: int = 1, devic
     """FLOPs of one `denoise` call at `level` on a batch (a conditioned level gets a condition)."""
     lv = cascade.levels[level]
     x = torch.randn(batch, *lv.shape, device=device)
-    cond = None if level % len(cascade.levels) == 0 else torch.randn_like(x)
+    # a level above 0 gets a condition unless the cascade's levels are unconditional (C2F)
+    conditioned = level % len(cascade.levels) != 0 and getattr(cascade, "conditions_on_lower_level", True)
+    cond = torch.randn_like(x) if conditioned else None
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         cascade.denoise(x, torch.ones(batch, device=device), level=level, cond=cond, cond_sigma=None if cond is None else 0.5)
     return int(counter.get_total_flops())

@@ -118,6 +118,14 @@ register_model(
 )
 register_model(
     ModelSpec(
+        "mnist-c2f",
+        "C2F-DM on real MNIST digits: mnist-base with a resolution label, fine-tuned at 16/32 in alternate steps (shipped weights, 10 classes)",
+        _shipped("mnist-c2f"),
+        default_plan="mnist-c2f",
+    )
+)
+register_model(
+    ModelSpec(
         "mnist-base",
         "single-resolution 32x32 baseline on real MNIST digits, the SongUNet mnist-lowdiff starts from (shipped weights, 10 classes)",
         _shipped("mnist-base"),

@@ -15,7 +15,7 @@ from typing import Callable
 
 from .plan import CascadePlan, StagePlan
 from .schedules import flow_sigmas, karras_sigmas, truncate_steps
-from .transitions import Condition
+from .transitions import Condition, Continue, Renoise
 
 # LowDiff Table 10: the unconditional lowest stage keeps EDM's range, conditioned stages use a narrower one.
 EDM_RANGE = (0.002, 80.0)
@@ -47,6 +47,19 @@ def _euler_flow(total_steps: int, steps: int, level: int) -> StagePlan:
     """An Euler stage on LightningDiT's shifted flow grid, optionally truncated."""
     sigmas = flow_sigmas(total_steps, shift=DIT_SHIFT)
     return StagePlan(level, sigmas if steps == total_steps else truncate_steps(sigmas, steps), "euler")
+
+
+# `select_switch_sigma` on mnist-c2f with mnist-2stage's 16x16 stage run to 0 (64 seeds):
+# the end of its x0 predictions' minimal-PCA-rank plateau, step 8 of 18 (docs/benchmarks.md, Real data: MNIST).
+MNIST_C2F_SWITCH = 3.257
+
+
+def _continue_2stage(name: str) -> CascadePlan:
+    """cifar10-2stage's truncated 16x16 stage, continued on the 32x32 grid at twice its last
+    sigma (the exact noisy hand-over), then Heun to 0."""
+    low = _heun_truncated(18, 19, EDM_RANGE, -2)
+    top = _heun_full(17, (0.002, 2 * low.sigmas[-1].item()), -1)
+    return CascadePlan([low, replace(top, transition=Continue())], name=name)
 
 
 def _lowdiff(stages: list[StagePlan], name: str) -> CascadePlan:
@@ -89,6 +102,17 @@ _PRESETS = [
     Preset(
         "mnist-2stage", "LowDiff 16/32 on the shipped mnist-lowdiff-2level model: the CIFAR-10 2-stage split", (19, 17),
         lambda: replace(PRESETS["cifar10-2stage"].build(), name="mnist-2stage"),
+    ),
+    Preset(
+        "mnist-c2f", "C2F-DM on the shipped mnist-c2f model: mnist-2stage's 16x16 stage, then its x0 estimate upsampled "
+        f"and re-noised at sigma {MNIST_C2F_SWITCH} (the PCA-rank switch), 17 Heun NFE at 32x32", (19, 17),
+        lambda: CascadePlan([_heun_truncated(18, 19, EDM_RANGE, -2),
+                             replace(_heun_full(17, (0.002, MNIST_C2F_SWITCH), -1), transition=Renoise())], name="mnist-c2f"),
+    ),
+    Preset(
+        "mnist-continue", "the same 16x16 stage continued exactly on the 32x32 grid (Continue: sigma doubles), "
+        "17 Heun NFE at 32x32, on the shipped mnist-c2f model", (19, 17),
+        lambda: _continue_2stage("mnist-continue"),
     ),
     *(
         Preset(

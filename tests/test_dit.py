@@ -416,3 +416,14 @@ def test_latent_dataset_errors(tmp_path):
         LatentDataset(tmp_path / "z.txt")
     with pytest.raises(ValueError, match="does not exist"):
         LatentDataset(tmp_path / "missing.npz")
+
+
+def test_flop_counts_per_level_give_unconditional_levels_no_condition():
+    """cost.flops_per_call works for cascades whose upper levels take no condition (C2F), and
+    a level's FLOPs grow with its token count."""
+    from lowdiff_sched.cost import flops_per_call
+
+    net = random_net()
+    for model in (C2FDiT(net, (4, 8)), LowDiffDiT(net, (4, 8))):
+        low, high = flops_per_call(model, 0), flops_per_call(model, 1)
+        assert 0 < low < high

@@ -12,7 +12,7 @@ from lowdiff_sched import presets
 from lowdiff_sched.plan import CascadePlan, pixel_ratios
 from lowdiff_sched.protocol import Level
 from lowdiff_sched.samplers import resolve_sampler
-from lowdiff_sched.transitions import Condition
+from lowdiff_sched.transitions import Condition, Continue, Renoise
 
 NAMES = presets.names()
 LOWDIFF_EDM = ("cifar10-3stage", "cifar10-2stage", "ffhq64-4stage", "ffhq64-2stage", "mnist-3stage", "mnist-2stage")
@@ -89,8 +89,9 @@ def test_preset_builds_validates_and_round_trips(name):
     assert back == plan
     for a, b in zip(plan.stages, back.stages):
         assert a.sigmas.dtype == b.sigmas.dtype and torch.equal(a.sigmas, b.sigmas)
+    hand_over = {"mnist-c2f": Renoise(), "mnist-continue": Continue()}.get(name, Condition())  # the rest are LowDiff
     for stage in plan.stages[1:]:
-        assert stage.transition == Condition()
+        assert stage.transition == hand_over
     # fresh objects each time
     assert presets.get(name) is not plan and presets.get(name) == plan
 
