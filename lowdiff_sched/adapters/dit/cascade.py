@@ -92,6 +92,21 @@ class _FlowCascade(nn.Module):
         return velocity_denoiser(v)(x, sigma)
 
 
+class _Retrofit(_FlowCascade):
+    """What the LowDiff and C2F retrofits share: levels, and per lower level the frozen sin-cos
+    and RoPE tables of its token grid (stored, so a checkpoint says its levels)."""
+
+    def _retrofit_levels(self, net: LightningDiT, levels: Sequence[int], who: str) -> tuple[int, ...]:
+        sizes = _check_levels(net, levels, who)
+        cfg = net.config
+        self.net, self.level_sizes = net, sizes
+        self.levels = tuple(Level((r, r), cfg.in_channels) for r in sizes)
+        grids = [r // cfg.patch_size for r in sizes[:-1]]
+        self.pos_embeds = nn.ParameterList(nn.Parameter(sincos_2d(cfg.hidden_size, g)[None], requires_grad=False) for g in grids)
+        self.ropes = nn.ModuleList(RoPE(cfg.hidden_size // cfg.num_heads, g) for g in grids)
+        return sizes
+
+
 class DiTCascade(_FlowCascade):
     """An unmodified LightningDiT as a one-level ResolutionCascade (the baseline)."""
 
@@ -123,11 +138,7 @@ def _check_levels(net: LightningDiT, levels: Sequence[int], who: str) -> tuple[i
     return sizes
 
 
-def _frozen_table(table: Tensor) -> nn.Parameter:
-    return nn.Parameter(table, requires_grad=False)
-
-
-class LowDiffDiT(_FlowCascade):
+class LowDiffDiT(_Retrofit):
     """LowDiff's unified model on a LightningDiT (Sec. 3.2 of the paper, for a transformer).
 
     The transformer blocks, time and class embeddings are shared. Each level below the top has
@@ -142,11 +153,9 @@ class LowDiffDiT(_FlowCascade):
 
     def __init__(self, net: LightningDiT, levels: Sequence[int] = (8, 16)) -> None:
         super().__init__()
-        sizes = _check_levels(net, levels, "LowDiffDiT")
+        sizes = self._retrofit_levels(net, levels, "LowDiffDiT")
         cfg = net.config
-        self.net, self.level_sizes = net, sizes
-        self.levels = tuple(Level((r, r), cfg.in_channels) for r in sizes)
-        dim, p, ch, head_dim = cfg.hidden_size, cfg.patch_size, cfg.in_channels, cfg.hidden_size // cfg.num_heads
+        dim, p, ch = cfg.hidden_size, cfg.patch_size, cfg.in_channels
         self.x_embedders = nn.ModuleList()
         for i in range(len(sizes)):
             top = i == len(sizes) - 1
@@ -158,8 +167,6 @@ class LowDiffDiT(_FlowCascade):
                     embed.proj.weight[:, :ch] = net.x_embedder.proj.weight
                     embed.proj.bias.copy_(net.x_embedder.proj.bias)
             self.x_embedders.append(embed)
-        self.pos_embeds = nn.ParameterList(_frozen_table(sincos_2d(dim, r // p)[None]) for r in sizes[:-1])
-        self.ropes = nn.ModuleList(RoPE(head_dim, r // p) for r in sizes[:-1])
         self.final_layers = nn.ModuleList(copy.deepcopy(net.final_layer) for _ in sizes[:-1])
         self.level_embed = nn.Linear(len(sizes), dim, bias=False)
         self.cond_t_embed = nn.Linear(dim, dim, bias=False)
@@ -227,7 +234,7 @@ class LowDiffDiT(_FlowCascade):
         return self._denoise(velocity, x, sigma, class_labels, extra)
 
 
-class C2FDiT(_FlowCascade):
+class C2FDiT(_Retrofit):
     """C2F-DM's "1DM-label" retrofit of a LightningDiT: one network for every resolution,
     told which one by a zero-initialised resolution-label embedding added to its conditioning
     vector. Each level is unconditional; lower grids get their own sin-cos and RoPE tables
@@ -237,14 +244,8 @@ class C2FDiT(_FlowCascade):
 
     def __init__(self, net: LightningDiT, levels: Sequence[int] = (8, 16)) -> None:
         super().__init__()
-        sizes = _check_levels(net, levels, "C2FDiT")
-        cfg = net.config
-        self.net, self.level_sizes = net, sizes
-        self.levels = tuple(Level((r, r), cfg.in_channels) for r in sizes)
-        head_dim = cfg.hidden_size // cfg.num_heads
-        self.pos_embeds = nn.ParameterList(_frozen_table(sincos_2d(cfg.hidden_size, r // cfg.patch_size)[None]) for r in sizes[:-1])
-        self.ropes = nn.ModuleList(RoPE(head_dim, r // cfg.patch_size) for r in sizes[:-1])
-        self.level_embed = nn.Linear(len(sizes), cfg.hidden_size, bias=False)
+        sizes = self._retrofit_levels(net, levels, "C2FDiT")
+        self.level_embed = nn.Linear(len(sizes), net.config.hidden_size, bias=False)
         nn.init.zeros_(self.level_embed.weight)
 
     @classmethod
