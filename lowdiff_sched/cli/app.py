@@ -185,11 +185,10 @@ class _SampleJob:
             decoder = load_vae_decoder(vae_path, device=self.device)
             if decoder.config.embed_dim != channels:
                 raise UsageError(f"--vae {vae_path} decodes {decoder.config.embed_dim}-channel latents; the model makes {channels}")
-        files, shown = 0, []
+        shown = []
         for b, x in self._batches(seeds, labels, batch):
             z = denormalize(x, stats) if stats is not None else x
             write_latents(self.out, b, z, "vae" if stats is not None else "model")
-            files += 1
             if decoder is not None:
                 with torch.no_grad():
                     images = decoder.decode(z.to(self.device)).cpu()
@@ -197,16 +196,10 @@ class _SampleJob:
                 if b.index * batch < GRID_MAX:
                     shown.append((b.index, b.seeds, pixels))
         grid_path = finish_grid(self.out, shown, self.procs, None) if decoder is not None else None
-        total = sum(int(n) for n in self._gather_count(files))
-        text = f"{total} latents-*.safetensors files"
+        text = f"{-(-len(seeds) // batch)} latents-*.safetensors files"  # one per batch, over all ranks
         if decoder is not None:
             text += f", {len(seeds)} PNGs" + (f" and {grid_path.name}" if grid_path else "")
         return text
-
-    def _gather_count(self, n: int) -> list:  # type: ignore[type-arg]
-        from lowdiff_sched.training.distributed import gather_objects
-
-        return gather_objects(n, self.procs)
 
 
 def _labels(cascade, name: str, seeds: list[int], class_labels: Optional[list[int]]) -> Optional[list[int]]:  # type: ignore[no-untyped-def]
