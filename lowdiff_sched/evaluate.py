@@ -16,9 +16,9 @@ from typing import Sequence
 
 import torch
 
-from .classifier import DigitClassifier, load_classifier
+from .classifier import DigitClassifier
 from .cost import flop_ratios
-from .metrics import frechet_distance, gaussian_stats
+from .judges import DigitJudge
 from .plan import CascadePlan
 from .protocol import ResolutionCascade
 from .sampling import class_label_args, sample_cascade, seed_labels
@@ -45,13 +45,9 @@ class Evaluation:
         )
 
 
-@torch.no_grad()
-def reference_stats(classifier: DigitClassifier, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and covariance of the classifier's features over a split of the bundled digits."""
-    from .datasets.mnist import load_mnist
-
-    images, _ = load_mnist(split)
-    return gaussian_stats(torch.cat([classifier.features(chunk) for chunk in images.split(500)]))
+def reference_stats(classifier: DigitClassifier) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of the classifier's features over the bundled train digits."""
+    return DigitJudge(classifier).reference
 
 
 @torch.no_grad()
@@ -75,8 +71,7 @@ def evaluate(
     seeds = list(seeds)
     if len(seeds) < 2:
         raise ValueError("evaluate needs at least 2 seeds (a covariance needs 2 samples)")
-    classifier = classifier if classifier is not None else load_classifier()
-    reference = reference if reference is not None else reference_stats(classifier)
+    judge = DigitJudge(classifier, reference)
     labels = seed_labels(seeds, label_dim)
     onehot = class_label_args(labels, label_dim, device)["class_labels"]
     plan.validate(cascade)
@@ -88,15 +83,13 @@ def evaluate(
             extra_args={"class_labels": onehot[lo:lo + batch]},
         ).cpu())
         seconds += time.perf_counter() - started
-    images = torch.cat(samples)
-    features = torch.cat([classifier.features(chunk) for chunk in images.split(500)])
-    predicted = classifier.head(features).argmax(1)
+    metrics = judge.metrics(judge.features(torch.cat(samples)), torch.as_tensor(labels))
     return Evaluation(
         model=model_name,
         plan=plan.name or "",
         n=len(seeds),
-        fd_mnist=frechet_distance(features, reference),
-        class_accuracy=float((predicted == torch.as_tensor(labels)).double().mean()),
+        fd_mnist=metrics["fd"],
+        class_accuracy=metrics["accuracy"],
         seconds_per_64=seconds / len(seeds) * 64,
         nfe=sum(plan.nfe()),
         effective_nfe=plan.effective_nfe(flop_ratios(cascade, plan)),

@@ -23,6 +23,7 @@ class ModelSpec:
     default_plan: str = ""
     latent: bool = False  # a latent model: built from --ckpt, samples are latents (decoded with a VAE)
     single_level_plan: str = ""  # the default plan when the loaded checkpoint has one level only
+    judge: Callable[[ResolutionCascade], Any] | None = None  # the model's quality measure (`judges`), if it has one
 
     def plan_for(self, cascade: ResolutionCascade) -> str:
         """The default plan for a loaded model ("" if none)."""
@@ -90,6 +91,18 @@ def _gaussian_field(device: torch.device, **options: Any) -> ResolutionCascade:
     return GaussianFieldCascade(**{"levels": (8, 16, 32), "channels": 3, **options})
 
 
+def _digit_judge(cascade: ResolutionCascade) -> Any:
+    from .judges import DigitJudge
+
+    return DigitJudge()
+
+
+def _oracle_judge(cascade: ResolutionCascade) -> Any:
+    from .judges import OracleJudge
+
+    return OracleJudge(cascade)
+
+
 def _shipped(name: str) -> Callable[..., ResolutionCascade]:
     def build(device: torch.device, **options: Any) -> ResolutionCascade:
         from .runs import load_exported
@@ -106,6 +119,7 @@ register_model(
         "LowDiff on real MNIST digits: mnist-base retrofitted at 8/16/32 and fine-tuned (shipped weights, 10 classes)",
         _shipped("mnist-lowdiff"),
         default_plan="mnist-3stage",
+        judge=_digit_judge,
     )
 )
 register_model(
@@ -114,6 +128,7 @@ register_model(
         "LowDiff on real MNIST digits with two levels: mnist-base retrofitted at 16/32 and fine-tuned (shipped weights, 10 classes)",
         _shipped("mnist-lowdiff-2level"),
         default_plan="mnist-2stage",
+        judge=_digit_judge,
     )
 )
 register_model(
@@ -122,6 +137,7 @@ register_model(
         "C2F-DM on real MNIST digits: mnist-base with a resolution label, fine-tuned at 16/32 in alternate steps (shipped weights, 10 classes)",
         _shipped("mnist-c2f"),
         default_plan="mnist-c2f",
+        judge=_digit_judge,
     )
 )
 register_model(
@@ -130,6 +146,7 @@ register_model(
         "single-resolution 32x32 baseline on real MNIST digits, the SongUNet mnist-lowdiff starts from (shipped weights, 10 classes)",
         _shipped("mnist-base"),
         default_plan="mnist-base-35",
+        judge=_digit_judge,
     )
 )
 NO_DIT_WEIGHTS = (
@@ -167,5 +184,6 @@ register_model(
         "exact Gaussian random-field oracle, levels 8/16/32, 3 channels (no weights; exact denoisers)",
         _gaussian_field,
         default_plan="cifar10-3stage",
+        judge=_oracle_judge,
     )
 )

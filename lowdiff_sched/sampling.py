@@ -3,6 +3,7 @@ sampler through `stage_denoiser`."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
@@ -11,8 +12,8 @@ from torch import Tensor
 
 from .plan import CascadePlan, StagePlan
 from .protocol import Level, ResolutionCascade, stage_denoiser
-from .samplers import BROWNIAN_SAMPLERS, accepts_noise_sampler, resolve_sampler, sampler_name
-from .resample import upsample
+from .samplers import BROWNIAN_SAMPLERS, accepts_noise_sampler, history_sampler, resolve_sampler, sampler_name
+from .resample import downsample, integer_factor, upsample
 from .transitions import StageOutput
 
 NoiseSampler = Callable[[Tensor, Tensor], Tensor]
@@ -79,11 +80,14 @@ def _run_stages(
     for k, (stage, index) in enumerate(zip(plan.stages, indices)):
         sigmas = stage.sigmas.to(starts[k].device)
         if k == 0:
-            x, cond, cond_sigma = starts[0], None, None
+            x, cond, cond_sigma, history = starts[0], None, None, None
         else:
-            x, cond, cond_sigma = stage.transition.start(outputs[-1], starts[k], sigmas[0].item(), levels[index])  # type: ignore[union-attr]
+            x, cond, cond_sigma, history = stage.transition.start(outputs[-1], starts[k], sigmas[0].item(), levels[index])  # type: ignore[union-attr]
         sampler = resolve_sampler(stage.sampler)
         kwargs = dict(stage.sampler_kwargs)
+        continued = history_sampler(stage.sampler) if history is not None else None
+        if continued is not None:
+            sampler, kwargs["history"] = continued, history
         if "noise_sampler" not in kwargs:
             noise_sampler = noise_factory(stage, x, sigmas)
             if noise_sampler is not None:
@@ -95,19 +99,52 @@ def _run_stages(
 
         def recorded(x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
             denoised = model(x, sigma, **{**extra, **stage_kwargs})
-            last[:] = [denoised]
+            last[:] = [denoised, sigma]
             return denoised
 
         stage_callback = None
         if callback is not None:
             stage_callback = lambda info, k=k, index=index: callback({**info, "stage": k, "level": index})  # noqa: E731
         x = sampler(recorded, x, sigmas, extra_args=extra_args, callback=stage_callback, disable=disable, **kwargs)
+        # the state keeps the dtype it started in (sample_cascade's `dtype`), whatever the
+        # schedule's or the denoiser's, so hand-overs meet tensors of one dtype
+        x = x.to(starts[k].dtype)
         total = None
         if residual_mode is not None:
             total = upsample(x, final_size, residual_mode)
             total = total if k == 0 else outputs[-1].total + total  # type: ignore[operator]
-        outputs.append(StageOutput(index, x, last[0] if last else x, float(stage.sigmas[-1]), total))
+        denoised, denoised_sigma = (last[0].to(x.dtype), _on_schedule(last[1], stage.sigmas)) if last else (x, None)
+        outputs.append(StageOutput(index, x, denoised, float(stage.sigmas[-1]), total, denoised_sigma))
     return outputs
+
+
+def _on_schedule(sigma: Tensor, sigmas: Tensor) -> float:
+    """The schedule's own value of a sigma the model saw (which carries the state's rounding),
+    so a hand-over passes on the schedule's exact number; other sigmas (churn) pass as they are."""
+    seen = float(sigma.flatten()[0])
+    nearest = float(sigmas[(sigmas.double() - seen).abs().argmin()])
+    return nearest if math.isclose(nearest, seen, rel_tol=1e-6) else seen
+
+
+def _stage_noise(
+    plan: CascadePlan, shapes: list[tuple[int, ...]], draw: Callable[[tuple[int, ...]], Tensor], final: Tensor | None = None
+) -> list[Tensor]:
+    """Each stage's unit noise: drawn with `draw` in stage order (the last stage's is `final`
+    when given), except where the next stage's transition couples the noise (`Continue`):
+    there it is the next stage's noise mean-pooled to this stage's size, times the factor, so
+    the plan starts from one draw at the finer grid."""
+    n = len(plan.stages)
+    coupled = [k + 1 < n and plan.stages[k + 1].transition.couples_noise for k in range(n)]  # type: ignore[union-attr]
+    noise: list[Tensor | None] = [
+        None if c else final if (k == n - 1 and final is not None) else draw(shape)
+        for k, (c, shape) in enumerate(zip(coupled, shapes))
+    ]
+    for k in reversed(range(len(noise))):
+        if coupled[k]:
+            finer = noise[k + 1]
+            factor = integer_factor(shapes[k][1:], tuple(finer.shape[-2:]))  # type: ignore[union-attr]
+            noise[k] = downsample(finer, shapes[k][1:]) * factor  # type: ignore[arg-type]
+    return noise  # type: ignore[return-value]
 
 
 def _sample(output: StageOutput) -> Tensor:
@@ -210,11 +247,8 @@ def sample_cascade(
         for lo in range(0, len(seeds), step):
             chunk = seeds[lo : lo + step]
             gens = [torch.Generator(device).manual_seed(s % 2**32) for s in chunk]
-            starts = [
-                torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in gens])
-                * stage.sigmas[0].to(device)
-                for shape, stage in zip(shapes, plan.stages)
-            ]
+            draw = lambda shape: torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in gens])  # noqa: E731
+            starts = [eps * stage.sigmas[0].to(device, dtype) for eps, stage in zip(_stage_noise(plan, shapes, draw), plan.stages)]
             # k-diffusion's churn noise uses the global RNG: fork it so runs repeat and the caller's state is kept.
             forked = [device.index or 0] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=forked):
@@ -224,6 +258,7 @@ def sample_cascade(
             StageOutput(
                 o[0].level, torch.cat([c.x for c in o]), torch.cat([c.denoised for c in o]), o[0].sigma,
                 None if o[0].total is None else torch.cat([c.total for c in o]),  # type: ignore[misc]
+                o[0].denoised_sigma,
             )
             for o in zip(*chunks)
         ]
@@ -266,10 +301,10 @@ def cascade_sampler(plan: CascadePlan) -> Callable[..., Tensor]:
         levels = [model.levels[i] for i in full.level_indices(len(model.levels))]
         if x.ndim != 4 or tuple(x.shape[1:]) != levels[-1].shape:
             raise ValueError(f"x must have shape [B, {', '.join(map(str, levels[-1].shape))}], got {tuple(x.shape)}")
-        starts = [
-            torch.randn((x.shape[0], *level.shape), device=x.device, dtype=x.dtype) * stage.sigmas[0].to(x.device)
-            for level, stage in zip(levels[:-1], full.stages[:-1])
-        ]
+        shapes = [level.shape for level in levels]
+        draw = lambda shape: torch.randn((x.shape[0], *shape), device=x.device, dtype=x.dtype)  # noqa: E731
+        noise = _stage_noise(full, shapes, draw, final=x / full.stages[-1].sigmas[0].to(x.device, x.dtype))
+        starts = [n * stage.sigmas[0].to(x.device, x.dtype) for n, stage in zip(noise[:-1], full.stages[:-1])]
         outputs = _run_stages(
             model, full, [*starts, x], extra_args=extra_args, callback=callback, disable=disable,
             noise_factory=_noise_factory(None),

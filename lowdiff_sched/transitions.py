@@ -28,6 +28,7 @@ class StageOutput(NamedTuple):
     denoised: Tensor  # the last x0 estimate the stage's sampler computed
     sigma: float  # the stage's last sigma
     total: Tensor | None = None  # residual cascades (MSF): the sum of the residuals so far, at the final size
+    denoised_sigma: float | None = None  # the sigma `denoised` was computed at (None: unknown)
 
 
 class StageStart(NamedTuple):
@@ -36,6 +37,7 @@ class StageStart(NamedTuple):
     x: Tensor  # initial state at the stage's first sigma
     cond: Tensor | None = None  # condition at the stage's size, or None
     cond_sigma: float | None = None  # noise std of `cond`
+    history: tuple[float, Tensor] | None = None  # (sigma, x0 estimate) before the first step, for multistep samplers
 
 
 _REGISTRY: dict[str, type["Transition"]] = {}
@@ -50,6 +52,10 @@ class Transition(ABC):
     # True when stages generate residuals whose upsampled sum is the sample (MSF): the
     # sampling loop then keeps the running sum in StageOutput.total, upsampled with `mode`.
     accumulates: ClassVar[bool] = False
+    # True when the previous stage walks the same trajectory at a coarser grid: its unit noise
+    # is then this stage's, mean-pooled and times the factor (still unit normal), so a seed
+    # starts from the same point whether the plan has this stage split off or not.
+    couples_noise: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -134,15 +140,32 @@ class Renoise(Transition):
 
 @dataclass(frozen=True)
 class Continue(Transition):
-    """Continue the same trajectory on a grid f times finer (REFERENCE.md section 7):
-    x_H = U(x_L) + f sigma_L (eps - U P eps), at sigma_H = f sigma_L."""
+    """Continue the same trajectory on a grid f times finer: x_H = U(x_L) + f sigma_L (eps - U P eps)
+    at sigma_H = f sigma_L, where U is nearest upsampling and P mean pooling (white noise of
+    std f sigma_L, P(x_H) = x_L; docs/architecture.md, "The exact hand-over").
+
+    The stages share one noise draw (`couples_noise`), and with `history` the previous stage's
+    last x0 estimate, upsampled, is handed to a multistep sampler (DPM++ 2M), whose first
+    step at the finer grid then stays second order."""
 
     rtol: float = 1e-5
+    history: bool = True
     kind: ClassVar[str] = "continue"
+    couples_noise: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rtol, bool) or not isinstance(self.rtol, (int, float)) or not 0 <= self.rtol < 1:
+            raise ValueError(f"Continue.rtol must be a number in [0, 1), got {self.rtol!r}")
+        if not isinstance(self.history, bool):
+            raise ValueError(f"Continue.history must be true or false, got {self.history!r}")
 
     def start(self, prev: StageOutput, x_noise: Tensor, sigma_start: float, level: Level) -> StageStart:
         factor = integer_factor(tuple(prev.x.shape[-2:]), level.size)
-        return StageStart(upsample_renoise(prev.x, x_noise / sigma_start, prev.sigma, factor))
+        x = upsample_renoise(prev.x, x_noise / sigma_start, prev.sigma, factor)
+        history = None
+        if self.history and prev.denoised_sigma is not None and prev.denoised_sigma > prev.sigma:
+            history = (factor * prev.denoised_sigma, upsample(prev.denoised, level.size, "nearest"))
+        return StageStart(x, history=history)
 
     def validate(
         self, stage: int, prev_sigma_end: float, sigma_start: float, prev_level: Level | None, level: Level | None

@@ -82,6 +82,9 @@ class GaussianFieldCascade:
     (|k|^2 + k0^2)^(-alpha/2); lower levels are its block mean pools.
     """
 
+    # exact at every level with or without a condition, so every hand-over applies (plan search)
+    hand_overs = ("condition", "continue", "renoise")
+
     def __init__(
         self,
         levels: Sequence[int | tuple[int, int] | Level] = (8, 16, 32),

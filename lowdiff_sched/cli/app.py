@@ -254,12 +254,14 @@ def read_train_config(path: Path | None) -> dict:
 
 
 def load_init(init: object, seed: int):  # type: ignore[no-untyped-def]
-    """The EDM network to start from: a fresh one ({"class_name", "init_kwargs"}, seeded), the EMA
-    network of a training run, or an EDM pickle / lowdiff-sched checkpoint."""
+    """The EDM network to start from: a fresh one ({"class_name", "init_kwargs"}, seeded), a
+    shipped model's network (e.g. mnist-base), the EMA network of a training run, or an EDM
+    pickle / lowdiff-sched checkpoint."""
     import torch
 
     from lowdiff_sched.adapters.edm.checkpoint import load_edm
     from lowdiff_sched.adapters.edm.lowdiff import build_network
+    from lowdiff_sched.models import load_model, model_names
     from lowdiff_sched.runs import MODEL_SPEC, load_run
 
     if isinstance(init, dict):
@@ -268,6 +270,11 @@ def load_init(init: object, seed: int):  # type: ignore[no-untyped-def]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return build_network(init["class_name"], init["init_kwargs"])
+    if isinstance(init, str) and init in model_names() and not Path(init).exists():
+        net = load_model(init).net
+        if type(net).__name__ not in ("EDMPrecond", "VPPrecond", "VEPrecond"):
+            raise UsageError(f"init: {init} is not an EDM network")
+        return net.train().requires_grad_(True)
     path = Path(str(init))
     if path.is_dir() and (path / MODEL_SPEC).is_file():
         return load_run(path).net
@@ -314,8 +321,9 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed of all training randomness, and of a fresh network's init. [0]"),
     mixed_precision: Optional[str] = typer.Option(None, help="no or bf16. [no]"),
     method: Optional[str] = typer.Option(
-        None, help="lowdiff (per-level layers, conditioned on the level below) or c2f (C2F-DM: a resolution label, "
-        "levels trained unconditionally in alternate steps; sample with a Renoise plan). [lowdiff]"
+        None, help="lowdiff (per-level layers, conditioned on the level below), c2f (C2F-DM: a resolution label, "
+        "levels trained unconditionally in alternate steps; sample with a Renoise plan) or distill (a copy of the "
+        "network per lower level, trained on the original's own predictions; sample with a Continue plan). [lowdiff]"
     ),
     progress: bool = typer.Option(True, help="Show a progress bar with the loss per level."),
 ) -> None:
@@ -363,6 +371,8 @@ def train(
             label_dim = cascade.label_dim if dataset.has_labels else 0  # unlabelled latents train the null class
         else:
             cascade = cascade_of(load_init(opt["init"], int(opt["seed"])), level_list or [8, 16, 32], method=str(opt["method"]))
+            if opt["method"] == "distill":
+                cascade.freeze_top()  # the original network is the lower levels' teacher
             dataset = named_dataset(opt["data"]) if is_named(str(opt["data"])) else ImageDataset(opt["data"])
             label_dim = int(cascade.label_dim)
         extra = file.get("train", {})
@@ -374,6 +384,7 @@ def train(
             "checkpoint_every": opt["checkpoint_every"], "seed": opt["seed"],
             "mixed_precision": opt["mixed_precision"], "label_dim": label_dim,
             "alternate_levels": opt["method"] == "c2f" and len(cascade.levels) > 1,
+            "distill": opt["method"] == "distill",
         })
         spec = spec_of(cascade)
         out_dir = ensure_writable_dir(Path(opt["out"]))
@@ -537,6 +548,93 @@ def tune_steps(
             tmp.write_text(result.plan.to_json())
         typer.echo(result.summary())
         typer.echo(f"wrote {out}; sample with: lowdiff-sched sample --model {model} --plan {out}")
+
+
+@app.command()
+def search(
+    model: str = typer.Option(..., help="Registered model name or training run."),
+    out: Path = typer.Option(..., help="Output folder: front.md, results.csv, front.png, plans/, candidates.jsonl; an existing search resumes."),
+    budget_minutes: Optional[float] = typer.Option(None, help="Stop measuring after this many minutes (the front is built from what was measured)."),
+    target: Optional[str] = typer.Option(None, help="Write the cheapest plan meeting e.g. 'fd<=25,accuracy>=0.9' (or 'rmse<=0.1') to OUT/best.json."),
+    cost: str = typer.Option("latency", help="latency (seconds per call per level, measured here) or flops."),
+    batch: int = typer.Option(64, help="Batch size for sampling and for timing calls."),
+    nfe: str = typer.Option("3-20", help="Range of model evaluations of single-resolution plans, e.g. 3-20."),
+    samplers: Optional[str] = typer.Option(None, help="Single-resolution samplers, comma-separated. [every supported one, and dpmpp_3m]"),
+    cascade_samplers: str = typer.Option("dpmpp_2m,dpmpp_3m,euler,heun", help="Samplers tried in cascades."),
+    cascade_steps: int = typer.Option(12, help="Most steps of the schedule a cascade splits."),
+    rhos: str = typer.Option("7", help="Karras rho values, comma-separated."),
+    sigma_mins: str = typer.Option("0.002", help="Karras sigma_min values, comma-separated."),
+    sigma_max: float = typer.Option(80.0, help="Karras sigma_max."),
+    reference: Optional[str] = typer.Option(None, help="Reference plan (preset or JSON; single-resolution). [Heun, 32 steps]"),
+    n_calib: int = typer.Option(32, help="Calibration seeds for the distance to the reference."),
+    n_judge: int = typer.Option(500, help="Held-out seeds for the model's judge (FD, accuracy)."),
+    judge_all: bool = typer.Option(False, help="Judge every candidate, not only each family's front by distance."),
+    bootstrap: int = typer.Option(200, help="Bootstrap resamples for the judge's intervals (0: none)."),
+    seed: int = typer.Option(0, help="First calibration seed; held-out seeds start at seed + 1,000,000."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+) -> None:
+    """Find the fastest plans for a model at each quality: single-resolution k-diffusion samplers
+    and the cascades the model supports, costed on this device, scored against a long reference
+    plan and by the model's judge; writes the Pareto front as a table, a plot and plan files.
+
+    Example: lowdiff-sched search --model mnist-fast --budget-minutes 20 --target 'fd<=25,accuracy>=0.9' --out out/search
+    """
+    with user_errors():
+        import json
+
+        from lowdiff_sched import presets
+        from lowdiff_sched.cost import COST_KINDS, level_costs
+        from lowdiff_sched.models import load_model, model_spec
+        from lowdiff_sched.outputs import atomic_path, ensure_writable_dir
+        from lowdiff_sched.plan_space import SearchSpace
+        from lowdiff_sched.sampling import class_label_args
+        from lowdiff_sched.search import SETTINGS_FILE, check_counts, cheapest, parse_target, search_plans
+
+        if cost not in COST_KINDS:
+            raise UsageError(f"--cost must be one of {sorted(COST_KINDS)}, got {cost!r}")
+        if budget_minutes is not None and not budget_minutes > 0:
+            raise UsageError(f"--budget-minutes must be positive, got {budget_minutes}")
+        nfe_range = parse_int_ranges(nfe, "--nfe")
+        space = SearchSpace(
+            **({"samplers": tuple(v.strip() for v in samplers.split(","))} if samplers else {}),
+            cascade_samplers=tuple(v.strip() for v in cascade_samplers.split(",")),
+            nfe=(min(nfe_range), max(nfe_range)), cascade_steps=cascade_steps,
+            rhos=tuple(parse_floats(rhos, "--rhos")), sigma_mins=tuple(parse_floats(sigma_mins, "--sigma-mins")), sigma_max=sigma_max,
+        )
+        check_counts(n_calib, n_judge, batch)
+        if target is not None:
+            parse_target(target)  # the syntax, before any model is loaded
+        reference_plan = presets.load_plan(reference) if reference is not None else None
+        spec = model_spec(model)
+        cascade = load_model(model, device=device)
+        judge = spec.judge(cascade) if spec.judge is not None else None
+        metrics = ["rmse", *(judge.lower_is_better if judge is not None else [])]
+        wanted = parse_target(target, metrics) if target is not None else None
+        settings = out / SETTINGS_FILE
+        if settings.is_file():  # resume: the per-level costs measured when the search began
+            costs = json.loads(settings.read_text()).get("level_costs")
+        else:
+            label_dim = int(getattr(cascade, "label_dim", 0))
+            extra = class_label_args([i % label_dim for i in range(batch)], label_dim, device) if label_dim else None
+            costs = level_costs(cascade, cost, batch, device=device, extra_args=extra)
+        ensure_writable_dir(out)
+        result = search_plans(
+            cascade, costs, space=space, judge=judge, reference=reference_plan, n_calib=n_calib, n_judge=n_judge,
+            seed=seed, budget_seconds=None if budget_minutes is None else budget_minutes * 60, batch_size=batch,
+            judge_all=judge_all, bootstrap=bootstrap, cost_unit=COST_KINDS[cost], out_dir=out, device=device,
+            progress=lambda text: typer.echo(text, err=True),
+        )
+        written = result.write(out, title=f"{model}: plan search ({len(result.results)} plans, cost = {cost} on {device})")
+        typer.echo(result.table())
+        if wanted is not None:
+            best = cheapest(result.results, wanted)
+            if best is None:
+                typer.echo(f"no measured plan meets {target}; see {out}/front.md", err=True)
+                raise typer.Exit(1)
+            with atomic_path(out / "best.json") as tmp:
+                tmp.write_text(json.dumps({**best.plan, "name": best.name}, indent=2) + "\n")
+            typer.echo(f"cheapest plan meeting {target}: {best.name} ({best.cost:.4g} {result.cost_unit}/sample); wrote {out}/best.json")
+        typer.echo(f"wrote {', '.join(p.name for p in written if p.parent == out)} and plans/ to {out}/")
 
 
 @app.command()

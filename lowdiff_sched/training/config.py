@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .losses import LOSSES
+from .losses import LOSSES, make_loss
 
 PRECISIONS = ("no", "bf16")
 # Fields a resumed run may change without changing the result of the steps already taken.
@@ -22,8 +22,11 @@ class TrainConfig:
     (None: no ramp-up). The learning rate ramps linearly over `lr_rampup_kimg` (0: none).
     `grad_clip` is a max global gradient norm (None: no clipping). `levels` restricts the loss
     to some cascade levels (None: all); `alternate_levels` trains one of them per step, in turn
-    (C2F-DM's alternating low/high batches). Checkpoints are written every `checkpoint_every`
-    steps (0: only at the end), and the newest `keep_checkpoints` are kept.
+    (C2F-DM's alternating low/high batches). `distill` trains the lower levels of a
+    `LevelStack` on the top level's predictions (`distill_loss`) instead of on the data.
+    `loss_kwargs` override the loss's hyper-parameters (e.g. {"P_mean": 0.5} for EDM's).
+    Checkpoints are written every `checkpoint_every` steps (0: only at the end), and the
+    newest `keep_checkpoints` are kept.
     """
 
     steps: int
@@ -43,6 +46,8 @@ class TrainConfig:
     log_every: int = 50
     workers: int = 0
     alternate_levels: bool = False
+    distill: bool = False
+    loss_kwargs: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> ValueError:
@@ -61,8 +66,15 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
                 raise bad(name, "None or a positive number")
-        if not isinstance(self.alternate_levels, bool):
-            raise bad("alternate_levels", "a bool")
+        for name in ("alternate_levels", "distill"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "a bool")
+        if self.loss_kwargs is not None:
+            if not isinstance(self.loss_kwargs, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in self.loss_kwargs.items()
+            ):
+                raise bad("loss_kwargs", "None or an object of numbers")
+            make_loss(self.loss, **self.loss_kwargs)  # unknown names and bad values fail here, not at step 0
         if self.mixed_precision not in PRECISIONS:
             raise bad("mixed_precision", f"one of {PRECISIONS}")
         if self.loss not in LOSSES:

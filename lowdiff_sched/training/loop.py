@@ -22,7 +22,7 @@ from .data import one_hot
 from .distributed import Processes, average_gradients, broadcast_parameters, default_device, join_processes, sum_over_ranks
 from .ema import ema_beta, update_ema
 from .interrupt import DeferredInterrupt
-from .losses import check_level_ids, draw_multires_noise, make_loss, multires_loss
+from .losses import distill_loss, draw_multires_noise, make_loss, multires_loss, trained_level_ids
 from .seeds import LOSS_NOISE, MODEL_RNG, derive_seed
 
 __all__ = ["TrainConfig", "train"]
@@ -69,7 +69,7 @@ def train(
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     device = torch.device(device) if device is not None else default_device()
     _check_dataset(model, dataset, config)
-    check_level_ids(model.levels, config.levels)
+    trained_level_ids(model.levels, config.levels, config.distill)
     procs = join_processes(device)
     try:
         if config.batch % procs.world:
@@ -108,7 +108,8 @@ class _Run:
         self.out_dir = ensure_writable_dir(out_dir)
         self.model.to(device).train()
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-        self.loss_fn = make_loss(config.loss)
+        self.loss_fn = make_loss(config.loss, **(config.loss_kwargs or {}))
+        self.level_ids = trained_level_ids(model.levels, config.levels, config.distill)
         self.noise_generator = torch.Generator(device=device)
         self.step = 0
         self.saved_step: int | None = None
@@ -172,20 +173,22 @@ class _Run:
         share = cfg.batch // self.procs.world
         rows = (self.procs.rank * share, (self.procs.rank + 1) * share)
         levels = self.step_levels()
-        noise = draw_multires_noise(self.model.levels, cfg.batch, self.loss_fn, generator=self.noise_generator, levels=levels, device=self.device)
+        noise = draw_multires_noise(self.model.levels, cfg.batch, self.loss_fn, generator=self.noise_generator, levels=levels,
+                                    device=self.device, distill=cfg.distill)
         noise = {i: z.rows(*rows) for i, z in noise.items()}
         self.optimizer.zero_grad(set_to_none=True)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.mixed_precision == "bf16" else nullcontext()
         with autocast:
-            total, per_level = multires_loss(self.model, images, self.loss_fn, class_labels=class_labels, levels=levels, noise=noise)
+            loss = distill_loss if cfg.distill else multires_loss
+            total, per_level = loss(self.model, images, self.loss_fn, class_labels=class_labels, levels=levels, noise=noise)
         total.backward()
         average_gradients(self.model, self.procs)
         nan = total.new_tensor(float("nan"))  # levels not trained this step (alternate_levels)
-        return torch.stack([per_level.get(i, nan).float() for i in check_level_ids(self.model.levels, cfg.levels)])
+        return torch.stack([per_level.get(i, nan).float() for i in self.level_ids])
 
     def step_levels(self) -> list[int]:
         """The levels this step trains: all of config.levels, or one in turn (alternate_levels)."""
-        ids = check_level_ids(self.model.levels, self.config.levels)
+        ids = self.level_ids
         return [ids[self.step % len(ids)]] if self.config.alternate_levels else ids
 
     def update(self) -> None:
@@ -213,7 +216,7 @@ class _Run:
                 tmp.write_text(cfg.to_json() + "\n")
         sampler = StepBatches(len(self.dataset), cfg.batch, cfg.seed, start=self.step, stop=cfg.steps, rank=self.procs.rank, world=self.procs.world)
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate)
-        levels = check_level_ids(self.model.levels, cfg.levels)
+        levels = self.level_ids
         log = _LossLog(self.out_dir / LOG_FILE, levels, cfg.steps, self.step, show=progress and self.procs.is_main, write=self.procs.is_main)
         phase = "compute"
         try:

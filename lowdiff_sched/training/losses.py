@@ -129,11 +129,15 @@ class FlowLoss:
 LOSSES: dict[str, type] = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss, "flow": FlowLoss}
 
 
-def make_loss(name: str) -> SigmaLoss:
-    """The loss named "vp", "ve", "edm" (EDM's hyper-parameters) or "flow" (LightningDiT's)."""
+def make_loss(name: str, **kwargs: Any) -> SigmaLoss:
+    """The loss named "vp", "ve", "edm" or "flow", with its paper's hyper-parameters unless
+    `kwargs` set some (e.g. EDM's P_mean and P_std)."""
     if name not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
-    return LOSSES[name]()
+    try:
+        return LOSSES[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"loss {name!r}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,16 @@ def check_level_ids(cascade_levels: Sequence[Level], levels: Sequence[int] | Non
     return sorted(ids)
 
 
+def trained_level_ids(cascade_levels: Sequence[Level], levels: Sequence[int] | None, distill: bool = False) -> list[int]:
+    """The levels a run trains: `levels`, or all of them (all but the top, the teacher, when distilling)."""
+    if distill and levels is None:
+        levels = range(len(cascade_levels) - 1)
+    ids = check_level_ids(cascade_levels, levels)
+    if distill and len(cascade_levels) - 1 in ids:
+        raise ValueError(f"distillation trains the levels below the top one (its teacher), got levels {ids}")
+    return ids
+
+
 def draw_multires_noise(
     cascade_levels: Sequence[Level],
     batch: int,
@@ -172,15 +186,17 @@ def draw_multires_noise(
     levels: Sequence[int] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    distill: bool = False,
 ) -> dict[int, LevelNoise]:
     """Every random draw of `multires_loss` for a batch, level by level in ascending order,
-    each level in the order sigma, eps, sigma_c, eps_c (the condition's only above level 0)."""
+    each level in the order sigma, eps, sigma_c, eps_c (the condition's only above level 0).
+    For `distill_loss` (`distill`), sigma and eps are the top level's and there is no condition."""
     draws = {}
     for i in check_level_ids(cascade_levels, levels):
         sigma = loss_fn.sample_sigma(batch, generator, device).to(dtype)
-        eps = _randn((batch, *cascade_levels[i].shape), generator, device, dtype)
+        eps = _randn((batch, *cascade_levels[-1 if distill else i].shape), generator, device, dtype)
         sigma_c = eps_c = None
-        if i > 0:
+        if i > 0 and not distill:
             sigma_c = loss_fn.sample_sigma(batch, generator, device).to(dtype)
             eps_c = _randn((batch, *cascade_levels[i - 1].shape), generator, device, dtype)
         draws[i] = LevelNoise(sigma, eps, sigma_c, eps_c)
@@ -244,6 +260,51 @@ def multires_loss(
         total = total + loss
     return total, per_level
 
+
+def distill_loss(
+    model: ResolutionCascade,
+    x0: Tensor,
+    loss_fn: SigmaLoss,
+    *,
+    class_labels: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    levels: Sequence[int] | None = None,
+    noise: dict[int, LevelNoise] | None = None,
+) -> tuple[Tensor, dict[int, Tensor]]:
+    """Lower levels learn the top level's own answer at their resolution (for `LevelStack`).
+
+    With x = x0 + sigma eps at the top level, level i (f times smaller) sees P(x), whose
+    noise is sigma_i = sigma / f, and regresses P(D_top(x; sigma)) with the loss's weight at
+    sigma_i. The target is the L2-best prediction of the top level's pooled x0 estimate from
+    the pooled state, which is what a `Continue` hand-over needs: the low stage walks the top
+    level's trajectory at low resolution. The top level is the teacher and is not trained
+    (`levels` None: every lower level). Returns (total, {level: its loss, detached}).
+    """
+    top = len(model.levels) - 1
+    if not isinstance(x0, Tensor) or x0.ndim != 4 or tuple(x0.shape[1:]) != model.levels[-1].shape:
+        got = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
+        raise ValueError(f"x0 must be a batch at the top level's shape {model.levels[-1].shape}, got {got}")
+    ids = trained_level_ids(model.levels, levels, distill=True)
+    if noise is None:
+        noise = draw_multires_noise(model.levels, x0.shape[0], loss_fn, generator=generator, levels=ids, device=x0.device,
+                                    dtype=x0.dtype, distill=True)
+    extra = {} if class_labels is None else {"class_labels": class_labels}
+    total = x0.new_zeros((), dtype=torch.float32)
+    per_level: dict[int, Tensor] = {}
+    for i in ids:
+        z = noise[i]
+        size = model.levels[i].size
+        factor = model.levels[-1].size[0] / size[0]
+        x = x0 + z.sigma.view(-1, 1, 1, 1) * z.eps
+        with torch.no_grad():
+            target = downsample(model.denoise(x, z.sigma, level=top, **extra), size).float()
+        sigma_i = z.sigma / factor
+        D = model.denoise(downsample(x, size), sigma_i, level=i, **extra)
+        weight = loss_fn.weight(sigma_i.float()).view(-1, 1, 1, 1)
+        loss = (weight * (D.float() - target) ** 2).sum(dim=(1, 2, 3)).mean()
+        per_level[i] = loss.detach()
+        total = total + loss
+    return total, per_level
 
 
 def msf_loss(

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ...protocol import Level
 from ...protocol import check_level_input, level_one_hot
-from .inputs import check_retrofit, label_rows
+from .inputs import check_level_sizes, check_retrofit, label_rows
 
 
 class C2FUNet(nn.Module):
@@ -30,10 +30,7 @@ class C2FUNet(nn.Module):
     def __init__(self, net: nn.Module, levels: Sequence[int]) -> None:
         super().__init__()
         unet, levels, channels = check_retrofit(net, levels, "C2FUNet")
-        depth = sum(1 for name in unet.enc if name.endswith("_down") and "aux" not in name)
-        for r in levels:
-            if r % (1 << depth):
-                raise ValueError(f"level {r}: the UNet halves its input {depth} times, so sizes must be multiples of {1 << depth}")
+        check_level_sizes(unet, levels)
         self.net = net
         self.level_sizes = levels
         self.levels = tuple(Level((r, r), channels) for r in levels)

@@ -31,3 +31,12 @@ def check_retrofit(net: nn.Module, levels: Sequence[int], who: str) -> tuple[nn.
     if not sizes or list(sizes) != sorted(set(sizes)) or sizes[-1] != img_res:
         raise ValueError(f"levels must increase and end at the network's resolution {img_res}, got {sizes}")
     return unet, sizes, int(net.img_channels)
+
+
+def check_level_sizes(unet: nn.Module, sizes: Sequence[int]) -> None:
+    """Every level size must halve evenly as often as the SongUNet's encoder does, so the
+    network runs on that level's input unchanged."""
+    depth = sum(1 for name in unet.enc if name.endswith("_down") and "aux" not in name)
+    for r in sizes:
+        if r % (1 << depth):
+            raise ValueError(f"level {r}: the UNet halves its input {depth} times, so sizes must be multiples of {1 << depth}")

@@ -22,6 +22,7 @@ from ...kernels import upsample_concat
 from ...protocol import Level, check_level_input, level_one_hot
 from ...resample import UPSAMPLE_MODES
 from .c2f import C2FUNet
+from .stack import LevelStack
 from .inputs import check_retrofit, label_rows
 from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution
 
@@ -211,7 +212,7 @@ class EDMCascade(nn.Module):
 _LOSS_OF_PRECOND = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
 
 
-def backbone_loss(model: "LowDiffUNet | EDMCascade | C2FUNet") -> str:
+def backbone_loss(model: "LowDiffUNet | EDMCascade | C2FUNet | LevelStack") -> str:
     """The backbone's own loss ("vp", "ve" or "edm"), which LowDiff keeps at every level."""
     return _LOSS_OF_PRECOND[type(model.net).__name__]
 
@@ -232,15 +233,16 @@ def build_network(class_name: str, init_kwargs: dict[str, Any]) -> nn.Module:
     return net
 
 
-METHODS = ("lowdiff", "c2f")
+METHODS = ("lowdiff", "c2f", "distill")
 
 
 def cascade_of(
     net: nn.Module, levels: Sequence[int], cond: str = "nearest", embed_cond_sigma: bool = True, method: str = "lowdiff"
-) -> "LowDiffUNet | EDMCascade | C2FUNet":
+) -> "LowDiffUNet | EDMCascade | C2FUNet | LevelStack":
     """The cascade to train or sample for `levels`: the network itself (EDMCascade) when the
-    only level is its own resolution, else its LowDiff retrofit, or with method="c2f" C2F-DM's
-    resolution-label retrofit."""
+    only level is its own resolution, else its LowDiff retrofit, with method="c2f" C2F-DM's
+    resolution-label retrofit, or with method="distill" a LevelStack (the network on top,
+    copies below, to be distilled from it)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     levels = [int(r) for r in levels]
@@ -248,10 +250,12 @@ def cascade_of(
         return EDMCascade(net)
     if method == "c2f":
         return C2FUNet.from_edm(net, levels)
+    if method == "distill":
+        return LevelStack.from_edm(net, levels)
     return LowDiffUNet.from_edm(net, levels, cond, embed_cond_sigma)
 
 
-def edm_model_spec(model: "LowDiffUNet | EDMCascade | C2FUNet") -> dict[str, Any]:
+def edm_model_spec(model: "LowDiffUNet | EDMCascade | C2FUNet | LevelStack") -> dict[str, Any]:
     """JSON data that rebuilds `model`'s architecture (weights come from a checkpoint)."""
     init_kwargs = getattr(model.net, "init_kwargs", None)
     if init_kwargs is None:
@@ -265,10 +269,12 @@ def edm_model_spec(model: "LowDiffUNet | EDMCascade | C2FUNet") -> dict[str, Any
         return {**spec, "levels": [int(model.net.img_resolution)], "retrofit": False}
     if isinstance(model, C2FUNet):
         return {**spec, "levels": list(model.level_sizes), "method": "c2f"}
+    if isinstance(model, LevelStack):
+        return {**spec, "levels": list(model.level_sizes), "method": "distill"}
     return {**spec, "levels": list(model.level_sizes), "cond": model.cond_mode, "embed_cond_sigma": model.embed_cond_sigma}
 
 
-def edm_from_spec(spec: dict[str, Any]) -> "LowDiffUNet | EDMCascade | C2FUNet":
+def edm_from_spec(spec: dict[str, Any]) -> "LowDiffUNet | EDMCascade | C2FUNet | LevelStack":
     """Build (untrained) the model an `edm_model_spec` describes."""
     if not isinstance(spec, dict) or spec.get("format") != "lowdiff-sched/lowdiff-edm" or spec.get("version") != 1:
         raise ValueError("not a lowdiff-sched LowDiff EDM model spec (format/version)")
@@ -277,4 +283,6 @@ def edm_from_spec(spec: dict[str, Any]) -> "LowDiffUNet | EDMCascade | C2FUNet":
         return EDMCascade(net)
     if spec.get("method", "lowdiff") == "c2f":
         return C2FUNet.from_edm(net, spec["levels"])
+    if spec.get("method") == "distill":
+        return LevelStack.from_edm(net, spec["levels"])
     return LowDiffUNet.from_edm(net, spec["levels"], spec["cond"], spec["embed_cond_sigma"])
