@@ -1,18 +1,19 @@
-"""Does a cascade beat the strongest single-resolution plan on the shipped digits? One run.
+"""Does a cascade beat the strongest single-resolution plan on the digits? One run.
 
-Rows: `mnist-fast` (the shipped LevelStack: a 16x16 network distilled from mnist-base, with
-mnist-base itself on top) under its preset, against mnist-base under the strongest
-single-resolution plans the plan search found (any sampler, any step count; by default the
-DPM++ 2M / 3M presets named below) and EDM's Heun-35, all on the same held-out seeds and
-classes. Since mnist-fast's top level *is* mnist-base, the single-resolution rows are also
-"its own top level run alone".
+Rows: a cascade model (by default the LevelStack run of configs/mnist-fast.json: a 16x16
+network distilled from mnist-base, with mnist-base itself on top) under a cascade plan,
+against mnist-base under the strongest single-resolution plan the plan search found (any
+sampler, any step count) and more single-resolution rows, all on the same held-out seeds
+and classes. Since that LevelStack's top level *is* mnist-base, the single-resolution rows
+are also "its own top level run alone". Plans are presets or plan JSON files (e.g. from
+`lowdiff-sched search ... --out DIR`: DIR/plans/*.json).
 
 - Quality: FD-MNIST and class accuracy with 95% bootstrap intervals, and the paired difference
   to the baseline (the same seeds resampled for both rows, so what the rows share cancels).
 - Time: each plan samples all n seeds once per round; rounds alternate the order of the plans;
   the median over rounds is reported, and speed-ups are ratios of medians within this run.
 
-    python bench/mnist_fast.py [--n 1000] [--rounds 3] [--baseline mnist-base-dpmpp2m-5] [--markdown]
+    python bench/mnist_fast.py --model runs/mnist-fast --plan cascade.json --baseline mnist-base-dpmpp2m-5 [--n 1000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--cascade", default="mnist-fast", help="cascade preset (on model mnist-fast)")
+    parser.add_argument("--model", default="runs/mnist-fast", help="the cascade model: registered name or training run")
+    parser.add_argument("--plan", required=True, help="the cascade plan: preset or plan JSON file")
     parser.add_argument("--baseline", default="mnist-base-dpmpp2m-5", help="the single-resolution plan to beat (on mnist-base)")
-    parser.add_argument("--others", default="mnist-base-dpmpp3m-4,mnist-base-35", help="more single-resolution rows (on mnist-base)")
+    parser.add_argument("--others", default="mnist-base-35", help="more single-resolution rows (on mnist-base), comma-separated")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -48,9 +50,9 @@ def main() -> None:
     seeds = list(range(SEED0, SEED0 + args.n))
     labels = class_labels_of(seeds, 10)
     extra = class_label_args(labels.tolist(), 10, device)
-    fast, base = load_model("mnist-fast", device), load_model("mnist-base", device)
-    rows = [(args.cascade, fast), (args.baseline, base)] + [(p, base) for p in args.others.split(",") if p]
-    plans = {name: presets.get(name) for name, _ in rows}
+    fast, base = load_model(args.model, device), load_model("mnist-base", device)
+    rows = [(args.plan, fast), (args.baseline, base)] + [(p, base) for p in args.others.split(",") if p]
+    plans = {name: presets.load_plan(name) for name, _ in rows}
 
     def run(name: str, model) -> torch.Tensor:  # type: ignore[no-untyped-def]
         with torch.no_grad():
@@ -81,7 +83,7 @@ def main() -> None:
         s = score(judge, samples[name], labels)
         d = paired_difference(judge, samples[name], samples[args.baseline], labels)
         timed = f"{seconds[name]:.2f}" + ("" if len(times[name]) > 1 else " (1 round)")
-        print(f"| {'mnist-fast' if model is fast else 'mnist-base'} | `{name}` | {' + '.join(map(str, plans[name].nfe()))} "
+        print(f"| {args.model if model is fast else 'mnist-base'} | `{plans[name].name or name}` | {' + '.join(map(str, plans[name].nfe()))} "
               f"| {s['fd'].value:.2f} [{s['fd'].lo:.2f}, {s['fd'].hi:.2f}] "
               f"| {s['accuracy'].value:.1%} [{s['accuracy'].lo:.1%}, {s['accuracy'].hi:.1%}] "
               f"| {d['fd'].value:+.2f} [{d['fd'].lo:+.2f}, {d['fd'].hi:+.2f}] "

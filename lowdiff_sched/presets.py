@@ -122,6 +122,11 @@ _PRESETS = [
         for nfe in (35, 19, 11)
     ),
     Preset(
+        "mnist-base-dpmpp2m-5", "the strongest single-resolution baseline on mnist-base found by `lowdiff-sched search` "
+        "(docs/benchmarks.md): DPM++ 2M, 5 Karras steps over (0.002, 80), 5 NFE", (5,),
+        lambda: CascadePlan([StagePlan(-1, karras_sigmas(5, *EDM_RANGE), "dpmpp_2m")], name="mnist-base-dpmpp2m-5"),
+    ),
+    Preset(
         "imagenet256-dit-b1", "LowDiff LightningDiT-B/1, latent levels 8/16, Euler, shift 0.3", (45, 50),
         lambda: _lowdiff([_euler_flow(100, 45, -2), _euler_flow(50, 50, -1)], "imagenet256-dit-b1"),
     ),

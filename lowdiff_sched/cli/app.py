@@ -577,7 +577,7 @@ def search(
     and the cascades the model supports, costed on this device, scored against a long reference
     plan and by the model's judge; writes the Pareto front as a table, a plot and plan files.
 
-    Example: lowdiff-sched search --model mnist-fast --budget-minutes 20 --target 'fd<=25,accuracy>=0.9' --out out/search
+    Example: lowdiff-sched search --model mnist-c2f --budget-minutes 20 --target 'fd<=25,accuracy>=0.9' --out out/search
     """
     with user_errors():
         import json
@@ -735,6 +735,8 @@ def models() -> None:
 def main() -> None:
     # k-diffusion imports clip, which warns about pkg_resources on every run: not the user's concern
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    # torchsde's Brownian tree (k-diffusion's SDE samplers) warns when float rounding puts a time a hair outside its ends
+    warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
     app(prog_name="lowdiff-sched")
 
 
