@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--model", default="runs/mnist-fast", help="the cascade model: registered name or training run")
     parser.add_argument("--plan", required=True, help="the cascade plan: preset or plan JSON file")
     parser.add_argument("--baseline", default="mnist-base-dpmpp2m-5", help="the single-resolution plan to beat (on mnist-base)")
-    parser.add_argument("--others", default="mnist-base-35", help="more single-resolution rows (on mnist-base), comma-separated")
+    parser.add_argument("--others", default="mnist-base-35", help="more rows, comma-separated: single-resolution plans run on mnist-base, cascades on --model")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -51,8 +51,8 @@ def main() -> None:
     labels = class_labels_of(seeds, 10)
     extra = class_label_args(labels.tolist(), 10, device)
     fast, base = load_model(args.model, device), load_model("mnist-base", device)
-    rows = [(args.plan, fast), (args.baseline, base)] + [(p, base) for p in args.others.split(",") if p]
-    plans = {name: presets.load_plan(name) for name, _ in rows}
+    plans = {name: presets.load_plan(name) for name in [args.plan, args.baseline, *(p for p in args.others.split(",") if p)]}
+    rows = [(args.plan, fast), (args.baseline, base)] + [(p, fast if len(plans[p].stages) > 1 else base) for p in list(plans)[2:]]
 
     def run(name: str, model) -> torch.Tensor:  # type: ignore[no-untyped-def]
         with torch.no_grad():

@@ -60,11 +60,13 @@ def plot_fronts(result, path: str | Path, title: str = "") -> None:  # type: ign
         if front:
             ax.plot([r.cost for r in front], [r.metric(metric) for r in front], marker="o", ms=4, color=colors[label],
                     label=f"{label} front")
-            for r in front:
-                ax.annotate(r.name, (r.cost, r.metric(metric)), textcoords="offset points", xytext=(4, 3), fontsize=6)
+            for i, r in enumerate(front):  # labels alternate above and below the line
+                ax.annotate(r.name, (r.cost, r.metric(metric)), textcoords="offset points", xytext=(4, 6 if i % 2 else -10),
+                            fontsize=6, color=colors[label])
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel(f"cost per sample ({result.cost_unit}, log scale)")
-    ax.set_ylabel(f"{metric} (lower is better)" if result.lower_is_better else metric)
+    ax.set_ylabel(f"{metric} (lower is better, log scale)" if result.lower_is_better else f"{metric} (log scale)")
     ax.set_title(title or f"plan search: cost against {metric}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
