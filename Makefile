@@ -21,12 +21,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# The shipped MNIST models: LowDiff's 3-stage cascade (a 10x10 grid, one column per class),
-# then the single-resolution baseline at 35 NFE on the same seeds, to compare the times.
+# The shipped MNIST models: the mnist-fast cascade (16x16, then 32x32; a 10x10 grid, one
+# column per class), then the strongest single-resolution plan the plan search found for
+# mnist-base (DPM++ 2M, 5 NFE) on the same seeds, to compare the times.
 demo: $(VENV)/.installed
-	$(BIN)/lowdiff-sched sample --model mnist-lowdiff --plan mnist-3stage --class-labels 0-9 \
+	$(BIN)/lowdiff-sched sample --model mnist-fast --plan mnist-fast --class-labels 0-9 \
 		--seeds 0-99 --batch 100 --out $(OUT)
-	$(BIN)/lowdiff-sched sample --model mnist-base --plan mnist-base-35 --class-labels 0-9 \
+	$(BIN)/lowdiff-sched sample --model mnist-base --plan mnist-base-dpmpp2m-5 --class-labels 0-9 \
 		--seeds 0-99 --batch 100 --out $(OUT)/baseline
 
 test: $(VENV)/.installed-dev

@@ -142,6 +142,16 @@ register_model(
 )
 register_model(
     ModelSpec(
+        "mnist-fast",
+        "a LevelStack on real MNIST digits: mnist-base, unchanged, on top and a copy of it at 16x16 distilled from "
+        "mnist-base's own predictions for a Continue hand-over (shipped weights, 10 classes)",
+        _shipped("mnist-fast"),
+        default_plan="mnist-fast",
+        judge=_digit_judge,
+    )
+)
+register_model(
+    ModelSpec(
         "mnist-base",
         "single-resolution 32x32 baseline on real MNIST digits, the SongUNet mnist-lowdiff starts from (shipped weights, 10 classes)",
         _shipped("mnist-base"),

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from torch import Tensor
+
 from .plan import CascadePlan, StagePlan
 from .schedules import flow_sigmas, karras_sigmas, truncate_steps
 from .transitions import Condition, Continue, Renoise
@@ -60,6 +62,13 @@ def _continue_2stage(name: str) -> CascadePlan:
     low = _heun_truncated(18, 19, EDM_RANGE, -2)
     top = _heun_full(17, (0.002, 2 * low.sigmas[-1].item()), -1)
     return CascadePlan([low, replace(top, transition=Continue())], name=name)
+
+
+def _continue_split(sigmas: Tensor, k: int, sampler: str, name: str) -> CascadePlan:
+    """A single-resolution schedule whose first k steps run one level down (sigmas halved),
+    then continue exactly on the top level: one trajectory, its early steps on a coarser grid."""
+    return CascadePlan([StagePlan(-2, sigmas[: k + 1] / 2, sampler),
+                        StagePlan(-1, sigmas[k:], sampler, transition=Continue())], name=name)
 
 
 def _lowdiff(stages: list[StagePlan], name: str) -> CascadePlan:
@@ -120,6 +129,11 @@ _PRESETS = [
             lambda nfe=nfe: CascadePlan([_heun_full(nfe, EDM_RANGE, -1)], name=f"mnist-base-{nfe}"),
         )
         for nfe in (35, 19, 11)
+    ),
+    Preset(
+        "mnist-fast", "the cascade on the shipped mnist-fast model (its top level is mnist-base): mnist-base-dpmpp2m-5's "
+        "schedule with its first step at 16x16 (sigma halved), handed over exactly (Continue) with DPM++ 2M's history", (1, 4),
+        lambda: _continue_split(karras_sigmas(5, *EDM_RANGE).double(), 1, "dpmpp_2m", "mnist-fast"),
     ),
     Preset(
         "mnist-base-dpmpp2m-5", "the strongest single-resolution baseline on mnist-base found by `lowdiff-sched search` "

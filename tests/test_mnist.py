@@ -144,6 +144,23 @@ def test_shipped_2level_lowdiff_draws_the_digits_it_is_asked_for(classifier):
     assert round(result.class_accuracy * result.n) >= 18, result.summary()
 
 
+def test_shipped_fast_model_is_mnist_base_on_top_and_draws_the_digits_asked_for(classifier):
+    """mnist-fast's top level is mnist-base bit for bit (so mnist-base's plans are its own top
+    level's baseline); its preset is a two-level Continue cascade that draws the class asked for."""
+    from lowdiff_sched.adapters.edm.stack import LevelStack
+    from lowdiff_sched.transitions import Continue
+
+    fast, base = load_model("mnist-fast"), load_model("mnist-base")
+    assert isinstance(fast, LevelStack) and fast.level_sizes == (16, 32) and fast.label_dim == 10
+    assert fast.nets[1].state_dict().keys() == base.net.state_dict().keys()
+    assert all(torch.equal(v, base.net.state_dict()[k]) for k, v in fast.nets[1].state_dict().items())
+    assert (HERE / "mnist-fast.safetensors").stat().st_size <= 10e6
+    plan = presets.get("mnist-fast").validate(fast)
+    assert [s.level for s in plan.stages] == [-2, -1] and isinstance(plan.stages[1].transition, Continue)
+    result = evaluate(fast, plan, seeds=range(20), batch=20, classifier=classifier, model_name="mnist-fast")
+    assert round(result.class_accuracy * result.n) >= 18, result.summary()
+
+
 def test_class_labels_reach_the_network(lowdiff):
     """Same seeds, different classes: different digits (the labels are not ignored)."""
     plan = presets.get("mnist-3stage")
