@@ -203,6 +203,12 @@ def draw_multires_noise(
     return draws
 
 
+def _check_noise(noise: dict[int, LevelNoise], ids: list[int], batch: int) -> None:
+    if sorted(noise) != ids or any(z.sigma.shape[0] != batch for z in noise.values()):
+        sizes = {i: z.sigma.shape[0] for i, z in noise.items()}
+        raise ValueError(f"noise must hold batches of {batch} for levels {ids}, got batch sizes {sizes}")
+
+
 def multires_loss(
     model: ResolutionCascade,
     x0: Tensor,
@@ -232,9 +238,7 @@ def multires_loss(
     ids = check_level_ids(model.levels, levels)
     if noise is None:
         noise = draw_multires_noise(model.levels, x0.shape[0], loss_fn, generator=generator, levels=ids, device=x0.device, dtype=x0.dtype)
-    elif sorted(noise) != ids or any(z.sigma.shape[0] != x0.shape[0] for z in noise.values()):
-        sizes = {i: z.sigma.shape[0] for i, z in noise.items()}
-        raise ValueError(f"noise must hold batches of {x0.shape[0]} for levels {ids}, got batch sizes {sizes}")
+    _check_noise(noise, ids, x0.shape[0])
     extra = {} if class_labels is None else {"class_labels": class_labels}
     # C2F-DM's levels are unconditional: each trains on its own downsampled data only
     conditional = getattr(model, "conditions_on_lower_level", True)
@@ -288,6 +292,7 @@ def distill_loss(
     if noise is None:
         noise = draw_multires_noise(model.levels, x0.shape[0], loss_fn, generator=generator, levels=ids, device=x0.device,
                                     dtype=x0.dtype, distill=True)
+    _check_noise(noise, ids, x0.shape[0])
     extra = {} if class_labels is None else {"class_labels": class_labels}
     total = x0.new_zeros((), dtype=torch.float32)
     per_level: dict[int, Tensor] = {}
