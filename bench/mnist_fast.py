@@ -89,7 +89,7 @@ def main() -> None:
               f"| {d['fd'].value:+.2f} [{d['fd'].lo:+.2f}, {d['fd'].hi:+.2f}] "
               f"| {d['accuracy'].value:+.1%} [{d['accuracy'].lo:+.1%}, {d['accuracy'].hi:+.1%}] "
               f"| {timed} | {seconds[args.baseline] / seconds[name]:.2f}x |")
-    print(f"rounds (s): " + "; ".join(f"{k}: {', '.join(f'{t:.2f}' for t in v)}" for k, v in times.items()))
+    print("rounds (s): " + "; ".join(f"{k}: {', '.join(f'{t:.2f}' for t in v)}" for k, v in times.items()))
 
 
 if __name__ == "__main__":

@@ -239,6 +239,19 @@ def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
             tmp.write_text(json.dumps(settings, indent=2) + "\n")
 
 
+def saved_level_costs(out_dir: str | Path) -> list[float] | None:
+    """The per-level costs a search in `out_dir` was started with (None if there is none), so a
+    resumed search compares plans on the costs its first measurements used."""
+    path = Path(out_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        costs = json.loads(path.read_text())["level_costs"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is not a search's settings file; use another output folder") from None
+    return [float(c) for c in costs]
+
+
 def check_counts(n_calib: int, n_judge: int, batch_size: int) -> None:
     """The sample counts of a search: each an int of at least 2 (a spread needs two samples)."""
     for name, value in (("n_calib", n_calib), ("n_judge", n_judge), ("batch_size", batch_size)):

@@ -260,7 +260,7 @@ def load_init(init: object, seed: int):  # type: ignore[no-untyped-def]
     import torch
 
     from lowdiff_sched.adapters.edm.checkpoint import load_edm
-    from lowdiff_sched.adapters.edm.lowdiff import build_network
+    from lowdiff_sched.adapters.edm.lowdiff import build_network, is_edm_precond
     from lowdiff_sched.models import load_model, model_names
     from lowdiff_sched.runs import MODEL_SPEC, load_run
 
@@ -271,8 +271,8 @@ def load_init(init: object, seed: int):  # type: ignore[no-untyped-def]
             torch.manual_seed(seed)
             return build_network(init["class_name"], init["init_kwargs"])
     if isinstance(init, str) and init in model_names() and not Path(init).exists():
-        net = load_model(init).net
-        if type(net).__name__ not in ("EDMPrecond", "VPPrecond", "VEPrecond"):
+        net = getattr(load_model(init), "net", None)
+        if not is_edm_precond(net):
             raise UsageError(f"init: {init} is not an EDM network")
         return net.train().requires_grad_(True)
     path = Path(str(init))
@@ -588,7 +588,7 @@ def search(
         from lowdiff_sched.outputs import atomic_path, ensure_writable_dir
         from lowdiff_sched.plan_space import SearchSpace
         from lowdiff_sched.sampling import class_label_args
-        from lowdiff_sched.search import SETTINGS_FILE, check_counts, cheapest, parse_target, search_plans
+        from lowdiff_sched.search import check_counts, cheapest, parse_target, saved_level_costs, search_plans
 
         if cost not in COST_KINDS:
             raise UsageError(f"--cost must be one of {sorted(COST_KINDS)}, got {cost!r}")
@@ -610,10 +610,8 @@ def search(
         judge = spec.judge(cascade) if spec.judge is not None else None
         metrics = ["rmse", *(judge.lower_is_better if judge is not None else [])]
         wanted = parse_target(target, metrics) if target is not None else None
-        settings = out / SETTINGS_FILE
-        if settings.is_file():  # resume: the per-level costs measured when the search began
-            costs = json.loads(settings.read_text()).get("level_costs")
-        else:
+        costs = saved_level_costs(out)  # a resumed search keeps the costs measured when it began
+        if costs is None:
             label_dim = int(getattr(cascade, "label_dim", 0))
             extra = class_label_args([i % label_dim for i in range(batch)], label_dim, device) if label_dim else None
             costs = level_costs(cascade, cost, batch, device=device, extra_args=extra)

@@ -217,6 +217,11 @@ def backbone_loss(model: "LowDiffUNet | EDMCascade | C2FUNet | LevelStack") -> s
     return _LOSS_OF_PRECOND[type(model.net).__name__]
 
 
+def is_edm_precond(net: Any) -> bool:
+    """Whether `net` is one of EDM's precond networks (VPPrecond, VEPrecond, EDMPrecond)."""
+    return type(net).__name__ in _LOSS_OF_PRECOND
+
+
 def build_network(class_name: str, init_kwargs: dict[str, Any]) -> nn.Module:
     """A fresh EDM precond network (VPPrecond/VEPrecond/EDMPrecond) from its init kwargs,
     which it records as `init_kwargs` (as `load_edm` does), so runs can describe it."""
