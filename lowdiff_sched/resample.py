@@ -14,6 +14,7 @@ from torch import Tensor
 
 UpsampleMode = Literal["nearest", "bilinear"]
 UPSAMPLE_MODES: tuple[str, ...] = ("nearest", "bilinear")
+HALF = (torch.float16, torch.bfloat16)  # computed in float32 and rounded once
 
 
 def check_image(name: str, x: Tensor) -> None:
@@ -110,10 +111,11 @@ def upsample_concat(
     `out` is an optional preallocated [B, Cx + Cc, H, W] buffer.
     """
     check_concat_inputs(x, cond, mode, out)
-    up = upsample(cond, tuple(x.shape[-2:]), mode)
-    parts = [x * per_sample(x_scale, x, "x_scale"), up * per_sample(cond_scale, x, "cond_scale")]
+    work = x.float() if x.dtype in HALF else x  # fp16/bf16: computed in float32, rounded once
+    up = upsample(cond.to(work.dtype), tuple(x.shape[-2:]), mode)
+    parts = [work * per_sample(x_scale, x, "x_scale"), up * per_sample(cond_scale, x, "cond_scale")]
     if out is None:
-        return torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=1).to(x.dtype)
     return torch.cat(parts, dim=1, out=out)
 
 
@@ -134,10 +136,15 @@ def upsample_renoise(x_low: Tensor, eps: Tensor, sigma_low: float | Tensor, fact
     """Exact hand-over of a noisy state to a grid `factor` times finer:
     x_H = U(x_L) + f sigma_L (eps - U P eps), with U nearest upsampling and P mean pooling.
 
-    x_H carries white noise of std f * sigma_L and mean-pools back to x_L exactly
-    (REFERENCE.md section 7). `eps` is unit noise at the fine size.
+    x_H carries white noise of std f * sigma_L and mean-pools back to x_L exactly: the detail
+    term has zero block means, and it lifts each pixel's noise variance from sigma_L^2 to
+    (f sigma_L)^2 while cancelling the correlation U adds inside a block. `eps` is unit noise
+    at the fine size.
     """
     check_renoise_inputs(x_low, eps, factor)
+    if x_low.dtype in HALF:  # computed in float32, rounded once
+        sigma = sigma_low.to(x_low.dtype).float() if isinstance(sigma_low, Tensor) else sigma_low  # as per_sample rounds it
+        return upsample_renoise(x_low.float(), eps.float(), sigma, factor).to(x_low.dtype)
     h, w = x_low.shape[-2:]
     fine = (h * factor, w * factor)
     detail = eps - upsample(downsample(eps, (h, w)), fine)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -185,3 +188,110 @@ def test_bad_input_is_a_clear_value_error():
         kernels.upsample_renoise(torch.randn(1, 1, 2, 2), torch.randn(1, 1, 3, 3), 1.0, 2)
     with pytest.raises(ValueError, match="factor"):
         kernels.upsample_renoise(torch.randn(1, 1, 2, 2), torch.randn(1, 1, 4, 4), 1.0, 0)
+
+
+# Rounding: the fused ops compute in float32 and round once to fp16/bf16 (issue 14, item 15),
+# checked against exact float64 arithmetic on the same low-precision inputs.
+
+HALF = [torch.float16, torch.bfloat16]
+TINY = 2.0**-24  # float32's unit roundoff: the scale of the kernels' own arithmetic error
+
+
+def ulp(ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of `dtype` at each |ref| (float64), subnormal range included."""
+    fi = torch.finfo(dtype)
+    _, e = torch.frexp(ref.abs())  # |ref| = m * 2**e, m in [0.5, 1)
+    return torch.ldexp(torch.full_like(ref, fi.eps), (e - 1).clamp_min(int(math.log2(fi.tiny))))
+
+
+def assert_rounded_once(got: torch.Tensor, ref: torch.Tensor, slack: torch.Tensor, triton_path: bool) -> None:
+    """`got` is float64 `ref` (exact up to the float32 `slack`) rounded once: within half an ulp,
+    or under one ulp where Triton's interpreter truncates float32 to bfloat16 (see close())."""
+    truncates = triton_path and got.dtype == torch.bfloat16 and not got.is_cuda
+    err, unit = (got.double() - ref).abs(), ulp(ref, got.dtype)
+    bad = err > (1.0 if truncates else 0.5) * unit + slack
+    assert not bad.any(), f"{int(bad.sum())} of {bad.numel()} off; worst {(err / unit).max().item():.2f} ulp"
+
+
+def axis_weights(n_in: int, n_out: int, mode: str) -> torch.Tensor:
+    """[n_in, n_out] float64: how much each output index takes from each source index, with
+    interpolate's own float32 source coordinates (the convention the kernels implement)."""
+    eye = torch.eye(n_in)[None]  # 1-D interpolation of unit impulses gives the weights
+    if mode == "nearest":
+        return F.interpolate(eye, size=n_out, mode="nearest")[0].double()
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].double()
+
+
+def exact_upsample(cond: torch.Tensor, size: tuple[int, int], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U cond, U |cond|) in float64; the second bounds the terms the first sums."""
+    (h, w), (H, W) = cond.shape[-2:], size
+    ah, aw = axis_weights(h, H, mode), axis_weights(w, W, mode)
+    c = cond.double().cpu()
+    return torch.einsum("kH,bckl,lW->bcHW", ah, c, aw), torch.einsum("kH,bckl,lW->bcHW", ah, c.abs(), aw)
+
+
+def test_axis_weights_are_interpolates_bilinear():
+    """The exact reference below follows interpolate (float32 coordinates: equal to ~1e-6)."""
+    c = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    exact, _ = exact_upsample(c, (9, 11), "bilinear")
+    torch.testing.assert_close(exact, F.interpolate(c, size=(9, 11), mode="bilinear", align_corners=False), rtol=0, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(
+    b=st.integers(1, 2), cx=st.integers(0, 2), cc=st.integers(1, 3), h=st.integers(1, 6), w=st.integers(1, 6),
+    dh=st.integers(0, 9), dw=st.integers(0, 9), mode=st.sampled_from(["nearest", "bilinear"]),
+    dtype=st.sampled_from(HALF), per_sample=st.booleans(), path=st.sampled_from(["triton", "torch"]),
+    seed=st.integers(0, 2**16),
+)
+def test_upsample_concat_rounds_once(b, cx, cc, h, w, dh, dw, mode, dtype, per_sample, path, seed):
+    """Both paths (Triton and the torch fallback) interpolate, scale and round once: within
+    half an ulp of exact float64 arithmetic on the same inputs and scales."""
+    gen = torch.Generator().manual_seed(seed)
+    H, W = h + dh, w + dw
+    x = torch.randn(b, cx, H, W, generator=gen).to(DEVICE, dtype)
+    cond = torch.randn(b, cc, h, w, generator=gen).to(DEVICE, dtype)
+    if per_sample:  # values the low-precision dtype holds, so the scales are exact inputs too
+        xs, cs = (2 * torch.randn(b, generator=gen)).to(dtype).to(DEVICE), (2 * torch.randn(b, generator=gen)).to(dtype).to(DEVICE)
+    else:
+        xs, cs = 0.75, -1.375
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOWDIFF_KERNELS", path)
+        got = kernels.upsample_concat(x, cond, mode=mode, x_scale=xs, cond_scale=cs).cpu()
+
+    def col(s: float | torch.Tensor) -> torch.Tensor:
+        return s.double().cpu().view(-1, 1, 1, 1) if isinstance(s, torch.Tensor) else torch.tensor(s, dtype=torch.float64)
+
+    up, up_abs = exact_upsample(cond, (H, W), mode)
+    ref = torch.cat([x.double().cpu() * col(xs), up * col(cs)], dim=1)
+    # float32's own error: a few roundings of the terms summed, and the coordinates (GPU FMA)
+    slack = torch.cat([torch.zeros_like(x, dtype=torch.float64).cpu(), (8 + 2 * max(h, w)) * TINY * up_abs * col(cs).abs()], dim=1)
+    assert_rounded_once(got, ref, slack, triton_path=path == "triton")
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(
+    b=st.integers(1, 2), c=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), f=st.integers(1, 4),
+    dtype=st.sampled_from(HALF), per_sample=st.booleans(), path=st.sampled_from(["triton", "torch"]),
+    seed=st.integers(0, 2**16),
+)
+def test_upsample_renoise_rounds_once(b, c, h, w, f, dtype, per_sample, path, seed):
+    """The hand-over, on both paths, is the exact float64 value rounded once."""
+    gen = torch.Generator().manual_seed(seed)
+    x_low = torch.randn(b, c, h, w, generator=gen).to(DEVICE, dtype)
+    eps = torch.randn(b, c, h * f, w * f, generator=gen).to(DEVICE, dtype)
+    sigma = (4 * torch.rand(b, generator=gen)).to(dtype).to(DEVICE) if per_sample else 2.5
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOWDIFF_KERNELS", path)
+        got = kernels.upsample_renoise(x_low, eps, sigma, f).cpu()
+
+    s = sigma.double().cpu().view(-1, 1, 1, 1) if per_sample else torch.tensor(sigma, dtype=torch.float64)
+    xl, e = x_low.double().cpu(), eps.double().cpu()
+
+    def up(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat_interleave(f, -2).repeat_interleave(f, -1)
+
+    ref = up(xl) + f * s * (e - up(F.avg_pool2d(e, f)))
+    # float32's own error: the block sum of f * f terms, then a few roundings
+    slack = (f * f + 8) * TINY * (up(xl.abs()) + f * s.abs() * (e.abs() + up(F.avg_pool2d(e.abs(), f))))
+    assert_rounded_once(got, ref, slack, triton_path=path == "triton")

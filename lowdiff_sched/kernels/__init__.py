@@ -7,7 +7,8 @@ kernel too. `upsample_renoise` is the exact noisy hand-over in one pass.
 Dispatch, per call: CUDA tensors use Triton, anything else the reference. The environment
 variable LOWDIFF_KERNELS forces a path: "torch" everywhere, or "triton" (on CPU tensors this
 needs TRITON_INTERPRET=1, Triton's interpreter, which is how the tests run the kernels).
-float64 always takes the reference: the kernels compute in float32.
+float64 always takes the reference: the kernels compute in float32. Both paths round an
+fp16/bf16 result once, from float32: the kernels at their store, the reference at its end.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ class _UpsampleConcat(torch.autograd.Function):
         grad_xs = (grad[:, : ctx.cx].float() * x.float()).sum(dim=(1, 2, 3)) if need_xs else None
         grad_cs = None
         if need_cs:
-            up = resample.upsample(cond, tuple(grad.shape[-2:]), ctx.mode)
-            grad_cs = (grad[:, ctx.cx :].float() * up.float()).sum(dim=(1, 2, 3))
+            up = resample.upsample(cond.float(), tuple(grad.shape[-2:]), ctx.mode)  # unrounded, as in the forward
+            grad_cs = (grad[:, ctx.cx :].float() * up).sum(dim=(1, 2, 3))
         return grad_x, grad_cond, None, grad_xs, grad_cs, None
 
 
@@ -109,7 +110,7 @@ def upsample_concat(
 
     Same contract as `lowdiff_sched.resample.upsample_concat`: nearest or bilinear
     (align_corners=False) to any larger size, float or per-sample [B] scales, fp32/fp16/bf16
-    (fp32 arithmetic), any strides, optional preallocated `out`. Differentiable.
+    (fp32 arithmetic, rounded once), any strides, optional preallocated `out`. Differentiable.
     """
     check_concat_inputs(x, cond, mode, out)
     if x.dtype == torch.float64 or backend(x) == "torch":
