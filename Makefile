@@ -26,9 +26,9 @@ install: $(VENV)/.installed
 # mnist-base (DPM++ 2M, 5 NFE) on the same seeds, to compare the times.
 demo: $(VENV)/.installed
 	$(BIN)/lowdiff-sched sample --model mnist-fast --plan mnist-fast --class-labels 0-9 \
-		--seeds 0-99 --batch 100 --out $(OUT)
+		--seeds 0-99 --batch 100 --out $(OUT) --overwrite
 	$(BIN)/lowdiff-sched sample --model mnist-base --plan mnist-base-dpmpp2m-5 --class-labels 0-9 \
-		--seeds 0-99 --batch 100 --out $(OUT)/baseline
+		--seeds 0-99 --batch 100 --out $(OUT)/baseline --overwrite
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -96,12 +96,35 @@ def evaluate(
     )
 
 
+COLUMNS = [f.name for f in fields(Evaluation)]
+
+
+def check_csv(path: str | Path, option: str = "csv") -> Path:
+    """Before any work: rows can be appended to `path` (missing, empty, or a CSV with our header)."""
+    from .outputs import check_new_file
+
+    path = check_new_file(path, option)
+    if path.is_file() and path.stat().st_size:
+        try:
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise ValueError(f"{option} {str(path)!r} is not a readable CSV file: {err}") from None
+        if header != COLUMNS:
+            raise ValueError(
+                f"{option} {str(path)!r} has other columns ({','.join(header)[:80]}) than eval writes "
+                f"({','.join(COLUMNS)}); choose a new file"
+            )
+    return path
+
+
 def append_csv(path: str | Path, evaluation: Evaluation) -> None:
-    """Append one row (with a header if the file is new or empty)."""
-    path = Path(path)
+    """Append one row (with a header if the file is new or empty) to a CSV of `COLUMNS`."""
+    path = check_csv(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # checked creatable before the work
     new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(evaluation.row()))
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:
             writer.writeheader()
         writer.writerow(evaluation.row())

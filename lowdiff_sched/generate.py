@@ -24,6 +24,8 @@ from .sampling import class_label_args, sample_cascade
 from .training.distributed import Processes, gather_objects
 
 GRID_MAX = 64  # latent models: grid.png shows the first seeds only (decoded images are large)
+# What a sampling job writes: {seed:06d}.png, grid.png, samples.npz, latents-{first}-{last}.safetensors
+SAMPLE_FILES = ("[0-9][0-9][0-9][0-9][0-9][0-9]*.png", "grid.png", "samples.npz", "latents-*.safetensors")
 
 
 @dataclass(frozen=True)

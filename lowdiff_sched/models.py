@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from .plan import CascadePlan
 from .protocol import ResolutionCascade
 
 
@@ -24,12 +25,30 @@ class ModelSpec:
     latent: bool = False  # a latent model: built from --ckpt, samples are latents (decoded with a VAE)
     single_level_plan: str = ""  # the default plan when the loaded checkpoint has one level only
     judge: Callable[[ResolutionCascade], Any] | None = None  # the model's quality measure (`judges`), if it has one
+    # how a one-level checkpoint becomes a cascade: a command with {name}, {ckpt} and {levels}
+    fine_tune: str = ""
 
     def plan_for(self, cascade: ResolutionCascade) -> str:
         """The default plan for a loaded model ("" if none)."""
         if len(cascade.levels) == 1 and self.single_level_plan:
             return self.single_level_plan
         return self.default_plan
+
+    def check_plan(self, cascade: ResolutionCascade, plan: CascadePlan, ckpt: str = "CKPT") -> CascadePlan:
+        """`plan.validate(cascade)`; a cascade plan on a one-level checkpoint is told the way out."""
+        try:
+            return plan.validate(cascade)
+        except ValueError:
+            if len(cascade.levels) > 1 or len(plan.stages) == 1 or not self.fine_tune:
+                raise
+        size = cascade.levels[0].size[-1]
+        levels = ",".join(str(size >> k) for k in reversed(range(len(plan.stages))))
+        baseline = f", or sample it with its single-resolution plan --plan {self.single_level_plan}" if self.single_level_plan else ""
+        raise ValueError(
+            f"{f'plan {plan.name}' if plan.name else 'the plan'} runs {len(plan.stages)} levels, but {ckpt} holds the unmodified network "
+            f"(one level, {size}x{size}); fine-tune it for levels {levels} first: "
+            f"{self.fine_tune.format(name=self.name, ckpt=ckpt, levels=levels)}{baseline}"
+        )
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -186,6 +205,7 @@ for _name, _about, _plans in (
     register_model(ModelSpec(
         _name, f"{_about}; needs --ckpt (a plain checkpoint runs the baseline plan, a LowDiff one the cascade)",
         _dit(_name), default_plan=_plans[0], latent=True, single_level_plan=_plans[1],
+        fine_tune="lowdiff-sched train --model {name} --init {ckpt} --data LATENTS --levels {levels} --out runs/{name}-lowdiff",
     ))
 
 register_model(

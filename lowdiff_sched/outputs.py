@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import tempfile
@@ -23,8 +24,10 @@ def _umask() -> int:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
+    """Yield a temporary path beside `path` (making its folder if needed); on success it
+    replaces `path`, on error it is removed."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
@@ -46,6 +49,87 @@ def ensure_writable_dir(path: str | Path) -> Path:
     except OSError as err:
         raise ValueError(f"output directory {str(path)!r} is not writable: {err.strerror or err}") from None
     return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_creatable(path: Path, option: str, folder: bool = False) -> None:
+    """The folders `path` (a file, or with `folder` a folder) needs can be made: its nearest
+    existing ancestor is a writable folder."""
+    base = _nearest_existing(path if folder else path.parent)
+    if not base.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is not writable: {str(base)!r} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {str(path)!r} is not writable: no write permission in {str(base)!r}")
+
+
+def check_new_file(path: str | Path, option: str) -> Path:
+    """Before any work: `path` names a file this process can create or replace (nothing is created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder; give a file name")
+    _check_creatable(path, option)
+    return path
+
+
+LOCK_NAME = ".lowdiff-sched.lock"  # held (flock) by the run writing into a folder
+
+
+def check_out_dir(path: str | Path, option: str = "--out", overwrite: bool = False) -> Path:
+    """Before any work: `path` is a folder a run may fill (nothing is created). It must be
+    missing or empty, so two runs never mix their files; with `overwrite` it may hold a
+    previous run, whose files `claim_out_dir` removes."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a file, not a folder")
+    _check_creatable(path, option, folder=True)
+    if path.is_dir():
+        entries = sorted(e.name for e in path.iterdir() if e.name != LOCK_NAME)
+        if entries and not overwrite:
+            raise ValueError(
+                f"{option} {str(path)!r} is not empty ({len(entries)} entries, e.g. {entries[0]}); "
+                f"choose a new folder, or pass --overwrite to replace the run written there"
+            )
+    return path
+
+
+@contextmanager
+def claim_out_dir(path: str | Path, owned: Sequence[str], overwrite: bool = False, option: str = "--out") -> Iterator[Path]:
+    """Make `path` and hold its lock while a run writes there; with `overwrite`, first delete
+    the files a previous run left (names matching the glob patterns `owned`, and our
+    temporary files). Folders this call made are removed again if the run fails before
+    writing anything into it."""
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if not p.exists()]  # the folders this call creates
+    ensure_writable_dir(path)
+    lock_path = path / LOCK_NAME
+    lock = open(lock_path, "a")
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{option} {str(path)!r}: another run is writing there (it holds {LOCK_NAME})") from None
+        if overwrite:
+            for pattern in (*owned, ".*.tmp*"):
+                for old in path.glob(pattern):
+                    if old.is_file():
+                        old.unlink()
+        try:
+            yield path
+        except BaseException:
+            if made and {e.name for e in path.iterdir()} <= {LOCK_NAME}:
+                lock_path.unlink(missing_ok=True)
+                for folder in made:
+                    folder.rmdir()
+            raise
+        lock_path.unlink(missing_ok=True)
+    finally:
+        lock.close()
 
 
 def to_uint8(images: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .protocol import Level, ResolutionCascade
-from .samplers import check_schedule, count_nfe, sampler_name
+from .samplers import check_sampler_kwargs, check_schedule, count_nfe, sampler_name
 from .schedules import validate_sigmas
 from .transitions import Condition, Transition, transition_from_dict
 
@@ -52,6 +52,7 @@ class StagePlan:
         if not isinstance(self.sampler_kwargs, Mapping):
             raise TypeError(f"sampler_kwargs must be a mapping, got {type(self.sampler_kwargs).__name__}")
         object.__setattr__(self, "sampler_kwargs", dict(self.sampler_kwargs))
+        check_sampler_kwargs(self.sampler, self.sampler_kwargs)
         if not isinstance(self.denoiser_kwargs, Mapping) or not all(isinstance(k, str) for k in self.denoiser_kwargs):
             raise TypeError(f"denoiser_kwargs must be a mapping with str keys, got {self.denoiser_kwargs!r}")
         object.__setattr__(self, "denoiser_kwargs", dict(self.denoiser_kwargs))

@@ -4,6 +4,7 @@ the one sampler written here: DPM++ 2M that can continue a multistep history acr
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Mapping
 
 import torch
@@ -61,6 +62,45 @@ def accepts_noise_sampler(fn: SamplerFn) -> bool:
         return "noise_sampler" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+
+
+# A sampler's own arguments, which a plan does not set through sampler_kwargs.
+_CALL_ARGS = frozenset({"model", "x", "sigmas", "extra_args", "callback", "disable"})
+_CHOICES = {"solver_type": ("heun", "midpoint")}  # k-diffusion checks these only once sampling runs
+
+
+def check_sampler_kwargs(sampler: str | SamplerFn, kwargs: Mapping[str, Any]) -> None:
+    """Reject keyword arguments `sampler` does not take, or of the wrong kind, when a plan is
+    made rather than when its stage runs: names against the signature, values against the
+    defaults (a non-negative number for a number, a positive int for an int, a known choice)."""
+    fn = resolve_sampler(sampler)
+    try:
+        params = {k: p for k, p in inspect.signature(fn).parameters.items() if k not in _CALL_ARGS}
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # a custom sampler taking **kwargs: its names are its own business
+    label = getattr(fn, "__name__", "the sampler")
+    for key, value in kwargs.items():
+        if key not in params:
+            known = ", ".join(sorted(params)) or "none"
+            raise ValueError(f"sampler_kwargs: {label} takes no {key!r} (it takes: {known})")
+        default = params[key].default
+        where = f"sampler_kwargs[{key!r}] = {value!r}"
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ValueError(f"{where}: must be one of {', '.join(map(repr, _CHOICES[key]))}")
+        if key == "noise_sampler" and not callable(value):
+            raise ValueError(f"{where}: must be a callable noise_sampler(sigma, sigma_next)")
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        if isinstance(default, int) and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"{where}: must be a positive int ({label}'s default is {default})")
+        if isinstance(value, Tensor) and value.ndim == 0 and value.is_floating_point():
+            value = value.item()  # a library caller's scalar tensor is a number too
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: must be a number ({label}'s default is {default})")
+        if not value >= 0 or (value == math.inf and default != math.inf):
+            raise ValueError(f"{where}: must be finite and non-negative")
 
 
 @torch.no_grad()

@@ -583,3 +583,21 @@ def test_describe_and_str():
     assert "effective NFE 8" in described
     assert "effective NFE 5" in plan.describe(latency_ratios=[0.0, 0.0, 1.0])
     assert "effective NFE 13" in plan.describe(latency_ratios=[0.25, 0.5])  # ceil(4.5 + 3) + 5
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_every_sampler_argument_at_its_default_is_accepted_and_unknown_ones_are_not(sampler):
+    import inspect
+
+    import k_diffusion.sampling as kds
+
+    sigmas = [10.0, 5.0, 1.0, 0.0]
+    params = inspect.signature(getattr(kds, f"sample_{sampler}")).parameters
+    defaults = {k: p.default for k, p in params.items() if k not in ("model", "x", "sigmas", "extra_args", "callback", "disable")
+                and p.default is not None}
+    assert P(0, sigmas, sampler, **defaults).sampler_kwargs == defaults
+    with pytest.raises(ValueError, match="takes no 'churn'"):
+        P(0, sigmas, sampler, churn=1.0)
+    for key, value in defaults.items():
+        with pytest.raises(ValueError, match=key):
+            P(0, sigmas, sampler, **{key: "lots"})

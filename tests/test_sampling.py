@@ -204,3 +204,22 @@ def test_bad_input_gets_clear_errors(iid_cascade):
         cascade_sampler(plan)(iid_cascade, torch.randn(1, 2, 8, 8), plan.stages[-1].sigmas)
     with pytest.raises(ValueError, match="batch_size"):
         sample_cascade(iid_cascade, plan, seeds=[0], batch_size=0)
+
+
+@pytest.mark.parametrize("transition", [Continue(), Renoise(), Condition()], ids=lambda t: t.kind)
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["list", "float64-tensor"])
+def test_the_state_dtype_is_sample_cascades_whatever_the_plan_sigmas(transition, as_tensor):
+    """Plan sigmas are float64 (a list is stored so); the state at every stage is the dtype
+    asked of sample_cascade, and a hand-over never mixes dtypes."""
+    from lowdiff_sched.adapters.analytic import GaussianFieldCascade
+
+    first = [80.0, 20.0, 5.0, 2.0]
+    plan = CascadePlan([
+        StagePlan(0, torch.tensor(first, dtype=torch.float64) if as_tensor else first),
+        StagePlan(1, [4.0, 1.0, 0.3, 0.0], transition=transition),
+    ])
+    cascade = GaussianFieldCascade(levels=(8, 16), channels=1)
+    for dtype in (torch.float32, torch.float64):
+        x, stages = sample_cascade(cascade, plan, seeds=range(4), dtype=dtype, return_stages=True)
+        assert x.dtype == dtype and all(s.x.dtype == s.denoised.dtype == dtype for s in stages)
+        assert torch.isfinite(x).all()

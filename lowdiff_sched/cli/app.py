@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -32,9 +32,12 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def parse_int_ranges(text: str, what: str = "seeds") -> list[int]:
-    """'0-63', '1,5,7-9' -> list of ints (ranges inclusive, non-negative)."""
-    out: list[int] = []
+MAX_LIST = 1_000_000  # values one seed or label option may name: a list, not a memory bomb
+
+
+def parse_int_ranges(text: str, what: str = "--seeds") -> list[int]:
+    """'0-63', '1,5,7-9' -> list of ints (ranges inclusive, non-negative, at most MAX_LIST values)."""
+    spans: list[tuple[int, int]] = []
     for part in text.split(","):
         part = part.strip()
         try:
@@ -43,16 +46,19 @@ def parse_int_ranges(text: str, what: str = "seeds") -> list[int]:
                 lo, hi = int(lo_text), int(hi_text)
                 if lo > hi:
                     raise UsageError(f"{what}: range {part!r} is empty (start > end)")
-                out.extend(range(lo, hi + 1))
             else:
-                out.append(int(part))
+                lo = hi = int(part)
         except ValueError as err:
             if isinstance(err, UsageError):
                 raise
             raise UsageError(f"{what}: {text!r} is not a list of ints and ranges like 0-63,70") from None
-    if any(v < 0 for v in out):
-        raise UsageError(f"{what}: values must be non-negative, got {text!r}")
-    return out
+        if lo < 0:
+            raise UsageError(f"{what}: values must be non-negative, got {text!r}")
+        spans.append((lo, hi))
+    count = sum(hi - lo + 1 for lo, hi in spans)
+    if count > MAX_LIST:
+        raise UsageError(f"{what}: {text!r} names {count:,} values, more than {MAX_LIST:,}; split the job into smaller runs")
+    return [v for lo, hi in spans for v in range(lo, hi + 1)]
 
 
 def parse_floats(text: str, what: str) -> list[float]:
@@ -67,8 +73,13 @@ def sample(
     model: str = typer.Option("mnist-lowdiff", help="Registered model name (see `lowdiff-sched models`) or a training run."),
     plan: Optional[str] = typer.Option(None, help="Preset name or plan JSON file. [the model's default plan]"),
     seeds: str = typer.Option("0-63", help="Seeds, e.g. 0-63 or 1,5,7-9; one sample per seed."),
-    batch: int = typer.Option(16, help="Samples per batch (results do not depend on it)."),
-    out: Path = typer.Option(Path("out/samples"), help="Output directory."),
+    batch: int = typer.Option(
+        16, help="Samples per batch. Each sample's noise depends on its seed alone, so the images do not depend on "
+        "the batch; the network's batched arithmetic rounds differently, so samples.npz may differ in the last "
+        "float32 bits (about 1e-6), and Euler/Heun churn noise (s_churn > 0) is drawn per batch."
+    ),
+    out: Path = typer.Option(Path("out/samples"), help="Output directory; must be new or empty (see --overwrite)."),
+    overwrite: bool = typer.Option(False, help="Replace the files a previous run wrote to --out."),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda (under torchrun: cuda means cuda:LOCAL_RANK)."),
     class_labels: Optional[str] = typer.Option(
         None, help="Classes of a class-conditional model, e.g. 0-9 or 3,7: seed s gets the (s mod count)-th. [all classes]"
@@ -92,14 +103,17 @@ def sample(
     Several processes: torchrun --nproc-per-node 2 -m lowdiff_sched.cli sample ... (seeds are split over them)
     """
     with user_errors():
-        import torch
-
         from lowdiff_sched import presets
+        from lowdiff_sched.devices import check_device
+        from lowdiff_sched.generate import SAMPLE_FILES
         from lowdiff_sched.models import load_model, model_spec
-        from lowdiff_sched.outputs import ensure_writable_dir
-        from lowdiff_sched.training.distributed import join_processes
+        from lowdiff_sched.outputs import check_out_dir, claim_out_dir
+        from lowdiff_sched.training.distributed import gather_objects, join_processes
 
-        seed_list = parse_int_ranges(seeds)
+        # everything that can be checked is checked before --out is touched
+        seed_list = parse_int_ranges(seeds, "--seeds")
+        if len(set(seed_list)) != len(seed_list):
+            raise UsageError(f"--seeds: {seeds!r} names a seed twice; seeds must not repeat (each names one sample and its files)")
         if batch < 1:
             raise UsageError(f"--batch must be a positive int, got {batch}")
         spec = model_spec(model)
@@ -112,35 +126,40 @@ def sample(
         if vae is not None and latent_stats is None:
             raise UsageError("--vae needs --latent-stats: the network works on normalised latents, the VAE on its own")
         cascade_plan = presets.load_plan(plan) if plan is not None else None
-        ensure_writable_dir(out)
         label_list = parse_int_ranges(class_labels, "--class-labels") if class_labels is not None else None
-        procs = join_processes(torch.device(device))
+        check_out_dir(out, "--out", overwrite)
+        procs = join_processes(check_device(device))
         try:
             run_device = f"cuda:{procs.local_rank}" if device == "cuda" and procs.active else device
             cascade = load_model(model, device=run_device, **({"ckpt": ckpt} if ckpt is not None else {}))
-            if cascade_plan is None:
-                default = spec.plan_for(cascade)
-                if not default:
-                    raise UsageError(f"--plan is required for model {model} (it has no default plan)")
-                cascade_plan = presets.load_plan(default)
-            cascade_plan.validate(cascade)
+            plan_name = plan if plan is not None else spec.plan_for(cascade)
+            if not plan_name:
+                raise UsageError(f"--plan is required for model {model} (it has no default plan)")
+            cascade_plan = cascade_plan or presets.load_plan(plan_name)
+            try:
+                spec.check_plan(cascade, cascade_plan, str(ckpt or model))
+            except ValueError as err:
+                raise UsageError(f"--plan {plan_name}: {err}") from None
             labels = _labels(cascade, model, seed_list, label_list)
             extra = {k: v for k, v in (("cfg_scale", cfg_scale), ("cfg_interval_start", cfg_interval_start),
                                         ("cfg_channels", cfg_channels)) if v is not None}
-            started = time.perf_counter()
             job = _SampleJob(cascade, cascade_plan, out, run_device, procs, extra, progress and procs.is_main)
-            if spec.latent:
-                written = job.latents(seed_list, labels, batch, latent_stats, vae)
-            else:
-                ncol = len(label_list) if label_list and len(label_list) <= 16 else None
-                written = job.pixels(seed_list, labels, batch, spec.value_range, ncol)
-            seconds = time.perf_counter() - started
+            decode = job.latent_decoding(latent_stats, vae) if spec.latent else None
+            with claim_out_dir(out, SAMPLE_FILES, overwrite) if procs.is_main else nullcontext(out):
+                gather_objects(None, procs)  # the other ranks write only once rank 0 holds the folder
+                started = time.perf_counter()
+                if spec.latent:
+                    written = job.latents(seed_list, labels, batch, *decode)  # type: ignore[misc]
+                else:
+                    ncol = len(label_list) if label_list and len(label_list) <= 16 else None
+                    written = job.pixels(seed_list, labels, batch, spec.value_range, ncol)
+                seconds = time.perf_counter() - started
         finally:
             procs.close()
         if procs.is_main:
             where = f" on {procs.world} processes" if procs.active else ""
             typer.echo(
-                f"{len(seed_list)} samples of {model} with plan {cascade_plan.name or plan} "
+                f"{len(seed_list)} samples of {model} with plan {cascade_plan.name or plan_name} "
                 f"(NFE {'+'.join(map(str, cascade_plan.nfe()))}) in {seconds:.2f} s{where}"
             )
             typer.echo(f"wrote {written} to {out}/")
@@ -170,11 +189,9 @@ class _SampleJob:
         written = finish_pixels(self.out, list(self._batches(seeds, labels, batch)), self.procs, value_range, ncol)
         return f"{len(seeds)} PNGs, {written['grid'].name} and {written['npz'].name}" if written else ""
 
-    def latents(self, seeds: list[int], labels: Optional[list[int]], batch: int, stats_path: Optional[Path], vae_path: Optional[Path]) -> str:
-        import torch
-
-        from lowdiff_sched.adapters.dit.checkpoint import denormalize, load_latent_stats
-        from lowdiff_sched.generate import GRID_MAX, finish_grid, write_images, write_latents
+    def latent_decoding(self, stats_path: Optional[Path], vae_path: Optional[Path]):  # type: ignore[no-untyped-def]
+        """The latent statistics and VAE decoder, loaded and checked before any file is written."""
+        from lowdiff_sched.adapters.dit.checkpoint import load_latent_stats
 
         channels = self.cascade.levels[-1].channels
         stats = load_latent_stats(stats_path, channels) if stats_path is not None else None
@@ -185,6 +202,14 @@ class _SampleJob:
             decoder = load_vae_decoder(vae_path, device=self.device)
             if decoder.config.embed_dim != channels:
                 raise UsageError(f"--vae {vae_path} decodes {decoder.config.embed_dim}-channel latents; the model makes {channels}")
+        return stats, decoder
+
+    def latents(self, seeds: list[int], labels: Optional[list[int]], batch: int, stats, decoder) -> str:  # type: ignore[no-untyped-def]
+        import torch
+
+        from lowdiff_sched.adapters.dit.checkpoint import denormalize
+        from lowdiff_sched.generate import GRID_MAX, finish_grid, write_images, write_latents
+
         shown = []
         for b, x in self._batches(seeds, labels, batch):
             z = denormalize(x, stats) if stats is not None else x
@@ -488,9 +513,13 @@ def eval_command(
         import torch
 
         from lowdiff_sched import presets
-        from lowdiff_sched.evaluate import append_csv, evaluate
+        from lowdiff_sched.devices import check_device
+        from lowdiff_sched.evaluate import append_csv, check_csv, evaluate
         from lowdiff_sched.models import load_model
 
+        if csv_out is not None:
+            check_csv(csv_out, "--csv")
+        check_device(device)
         if n < 2:
             raise UsageError(f"--n must be at least 2, got {n}")
         if seed_start < 0:
@@ -528,9 +557,12 @@ def tune_steps(
         from lowdiff_sched import presets
         from lowdiff_sched.c2f import redistribute_timesteps
         from lowdiff_sched.models import load_model
-        from lowdiff_sched.outputs import atomic_path
+        from lowdiff_sched.devices import check_device
+        from lowdiff_sched.outputs import atomic_path, check_new_file
         from lowdiff_sched.sampling import class_label_args, seed_labels
 
+        check_new_file(out, "--out")
+        check_device(device)
         if seed_start < 0:
             raise UsageError(f"--seed-start must be non-negative, got {seed_start}")
         cascade_plan, reference_plan = presets.load_plan(plan), presets.load_plan(reference)
@@ -585,11 +617,14 @@ def search(
         from lowdiff_sched import presets
         from lowdiff_sched.cost import COST_KINDS, level_costs
         from lowdiff_sched.models import load_model, model_spec
-        from lowdiff_sched.outputs import atomic_path, ensure_writable_dir
+        from lowdiff_sched.devices import check_device
+        from lowdiff_sched.outputs import atomic_path, check_out_dir, ensure_writable_dir
         from lowdiff_sched.plan_space import SearchSpace
         from lowdiff_sched.sampling import class_label_args
         from lowdiff_sched.search import check_counts, cheapest, parse_target, saved_level_costs, search_plans
 
+        check_out_dir(out, "--out", overwrite=True)  # a search resumes in its own folder
+        check_device(device)
         if cost not in COST_KINDS:
             raise UsageError(f"--cost must be one of {sorted(COST_KINDS)}, got {cost!r}")
         if budget_minutes is not None and not budget_minutes > 0:
@@ -648,8 +683,11 @@ def export(
     with user_errors():
         import torch
 
+        from lowdiff_sched.outputs import check_new_file
         from lowdiff_sched.runs import export_run
 
+        for suffix in (".json", ".safetensors"):
+            check_new_file(out.with_suffix(suffix), "--out")
         spec_path, weights_path = export_run(run, out, dtype=torch.float16 if fp16 else torch.float32)
         typer.echo(f"wrote {spec_path} and {weights_path} ({weights_path.stat().st_size / 1e6:.1f} MB)")
 
@@ -670,10 +708,13 @@ def plan_command(
     """
     with user_errors():
         from lowdiff_sched import presets
-        from lowdiff_sched.outputs import atomic_path
+        from lowdiff_sched.outputs import atomic_path, check_new_file
         from lowdiff_sched.plan import pixel_ratios
         from lowdiff_sched.protocol import Level
 
+        for option, path in (("--json", json_out), ("--plot", plot)):
+            if path is not None:
+                check_new_file(path, option)
         cascade_plan = presets.load_plan(plan)
         n = len(cascade_plan.stages)
         if sizes is not None:
