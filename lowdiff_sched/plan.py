@@ -113,7 +113,8 @@ def _stage_from_dict(data: Any, index: int) -> StagePlan:
     for key in ("level", "sigmas"):
         if key not in data:
             raise ValueError(f"stage {index}: missing field {key!r}")
-    dtype = _DTYPES.get(data.get("dtype", "float64"))
+    dtype = data.get("dtype", "float64")
+    dtype = _DTYPES.get(dtype) if isinstance(dtype, str) else None
     if dtype is None:
         raise ValueError(f"stage {index}: dtype must be one of {sorted(_DTYPES)}, got {data.get('dtype')!r}")
     sigmas = data["sigmas"]
@@ -259,8 +260,11 @@ class CascadePlan:
         version = data.get("version", JSON_VERSION)
         if version != JSON_VERSION:
             raise ValueError(f"unsupported plan version {version!r} (this library writes {JSON_VERSION})")
+        name = data.get("name", "")
+        if not isinstance(name, str):
+            raise ValueError(f"a plan's name must be a string, got {name!r}")
         stages = [_stage_from_dict(s, i) for i, s in enumerate(data["stages"])]
-        return cls(stages, name=str(data.get("name", "")))
+        return cls(stages, name=name)
 
     @classmethod
     def from_json(cls, text: str) -> "CascadePlan":

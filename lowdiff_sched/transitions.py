@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor
@@ -92,14 +92,15 @@ def transition_from_dict(data: Any, stage: int | None = None) -> Transition:
     where = f"stage {stage}: " if stage is not None else ""
     if not isinstance(data, dict) or "type" not in data:
         raise ValueError(f"{where}transition must be an object with a 'type', got {data!r}")
-    fields = dict(data)
-    kind = fields.pop("type")
-    if kind not in _REGISTRY:
+    given = dict(data)
+    kind = given.pop("type")
+    if not isinstance(kind, str) or kind not in _REGISTRY:
         raise ValueError(f"{where}unknown transition type {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
-    try:
-        return _REGISTRY[kind](**fields)
-    except TypeError as err:
-        raise ValueError(f"{where}bad fields for transition {kind!r}: {err}") from None
+    known = [f.name for f in fields(_REGISTRY[kind])]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(f"{where}transition {kind!r} has no field(s) {unknown}; its fields: {', '.join(known) or 'none'}")
+    return _REGISTRY[kind](**given)
 
 
 def _check_mode(mode: str) -> None:
