@@ -1,4 +1,4 @@
-"""C2F-DM's two schedule tools (c2f-trd.txt, Sec. III-A3 and III-B), for any cascade and plan.
+"""C2F-DM's two schedule tools ("Coarse-to-Fine Diffusion Models with Time Step Sequence Redistribution", Sec. III-A3 and III-B), for any cascade and plan.
 
 - `select_switch_sigma`: where the high-resolution stage should start. The low-resolution
   stage's x0 predictions are collected over n samples at every step; where their PCA rank

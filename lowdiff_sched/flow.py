@@ -3,7 +3,7 @@
 Flow convention of LightningDiT and MSF: z_t = t x_data + (1 - t) noise (t = 0 is noise),
 and the network predicts v = x_data - noise. In k-diffusion's terms x = z_t / t carries
 noise of std sigma = (1 - t) / t, so t = 1 / (1 + sigma), and the x0 estimate is
-z_t + (1 - t) v (REFERENCE.md section 5).
+z_t + (1 - t) v (LightningDiT's transport convention).
 """
 
 from __future__ import annotations

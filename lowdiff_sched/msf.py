@@ -1,4 +1,4 @@
-"""MSF's multi-scale residual factorization (msf.txt, Alg. 1 and 2), as tensor functions.
+"""MSF's multi-scale residual factorization ("MSF: Efficient Diffusion Model Via Multi-Scale Latent Factorize", Alg. 1 and 2), as tensor functions.
 
 A signal f at the final size (h_N, w_N) is split into residuals r_0 .. r_N, one per scale
 (h_i, w_i), low to high: r_0 is the base (f downsampled, or the encoding of the downsampled

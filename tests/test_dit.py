@@ -48,7 +48,7 @@ def random_net(config: DiTConfig = SMALL, seed: int = 0) -> LightningDiT:
 
 # ---- the released architectures ------------------------------------------------------------
 @pytest.mark.parametrize("name, total, trainable, tensors", [
-    ("dit-b1", 130_556_192, 130_359_584, 159),  # REFERENCE.md section 5, counted on LightningDiT's code
+    ("dit-b1", 130_556_192, 130_359_584, 159),  # counted on LightningDiT's released code
     ("dit-xl1", 675_256_736, None, 351),
 ])
 def test_released_sizes(name, total, trainable, tensors):

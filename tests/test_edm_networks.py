@@ -154,7 +154,7 @@ KEYS_B = [
     ("dec.8x8_aux_norm", W_B), ("dec.8x8_aux_conv", W_B),
 ]
 
-# Names REFERENCE.md section 4 lists for CIFAR-10 DDPM++ inside a precond wrapper.
+# Parameter names of EDM's released CIFAR-10 DDPM++ network inside its precond wrapper.
 REFERENCE_NAMES = (
     ["model.map_augment.weight", "model.map_layer0.weight", "model.map_layer1.weight",
      "model.enc.32x32_conv.weight", "model.enc.16x16_down.conv0.weight", "model.enc.8x8_down.conv0.weight",

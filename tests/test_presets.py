@@ -1,4 +1,4 @@
-"""Named presets against the LowDiff paper's configurations (REFERENCE.md section 1)."""
+"""Named presets against the configurations reported in "LowDiff: Efficient Diffusion Sampling with Low-Resolution Condition"."""
 
 from __future__ import annotations
 

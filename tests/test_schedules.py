@@ -1,7 +1,7 @@
 """Sigma schedules against independent references.
 
 References: k-diffusion's own `get_sigmas_karras`, EDM's eq. 5 and the flow-matching
-relations of REFERENCE.md sections 5 and 7, all recomputed here in float64 numpy.
+flow-time and hand-over relations, all recomputed here in float64 numpy.
 """
 
 from __future__ import annotations

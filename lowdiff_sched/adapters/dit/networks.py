@@ -4,7 +4,7 @@ its checkpoints load with strict=True.
 A DiT on VAE latents with SwiGLU MLPs, RMSNorm, 2-D rotary position embedding, optional
 qk-norm, adaLN-Zero modulation, a frozen 2-D sin-cos position table and a class embedding
 whose extra row is the null class of classifier-free guidance. The network predicts the
-flow velocity v = data - noise at flow time t (t = 0 noise, t = 1 data; REFERENCE.md 5).
+flow velocity v = data - noise at flow time t (t = 0 noise, t = 1 data, as in LightningDiT's transport).
 
 The forward is split into `embed`, `conditioning`, `trunk` and `head` so the LowDiff
 retrofit can swap the per-resolution pieces (patch embedder, tables, final layer) around

@@ -1,4 +1,4 @@
-"""C2F-DM's "1DM-label" retrofit of an EDM network (c2f-trd.txt; REFERENCE.md section 2).
+"""C2F-DM's "1DM-label" retrofit of an EDM network ("Coarse-to-Fine Diffusion Models with Time Step Sequence Redistribution", Sec. III-A).
 
 One network serves every resolution: a SongUNet is convolutional, so it runs unchanged on a
 16x16 input. A resolution label, embedded and added to the noise embedding, tells it which
