@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# The temporary names of our atomic writers, for a target name matching {names}:
+# atomic_path's ".{name}.{random}.tmp{suffix}" and the EDM checkpoint writer's ".{name}.{hex}.tmp".
+_TEMPORARY = r"^\.(?:{names})\.[A-Za-z0-9_]+\.tmp(?:\.[A-Za-z0-9]+)?$"
+
+
+def remove_stale_temporaries(folder: str | Path, names: str = ".+") -> list[Path]:
+    """Delete the temporary files our atomic writers leave in `folder` when a process is
+    killed mid-write, for targets whose names match the regex `names`; nothing else is
+    touched. Call it only while no other process writes there. Returns what was deleted."""
+    folder, pattern = Path(folder), re.compile(_TEMPORARY.format(names=names))
+    removed = []
+    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if pattern.match(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def ensure_writable_dir(path: str | Path) -> Path:
@@ -115,7 +134,8 @@ def claim_out_dir(path: str | Path, owned: Sequence[str], overwrite: bool = Fals
         except BlockingIOError:
             raise ValueError(f"{option} {str(path)!r}: another run is writing there (it holds {LOCK_NAME})") from None
         if overwrite:
-            for pattern in (*owned, ".*.tmp*"):
+            remove_stale_temporaries(path)
+            for pattern in owned:
                 for old in path.glob(pattern):
                     if old.is_file():
                         old.unlink()

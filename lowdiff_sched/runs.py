@@ -16,6 +16,11 @@ from torch import nn
 
 MODEL_SPEC = "model.json"
 
+#: The most parameters an architecture read from a file (model.json, a checkpoint's init
+#: arguments) may ask for: 2**32 float32 weights are 16 GiB, before gradients and Adam's state.
+#: Past it, building would only end in an allocation failure or the OOM killer.
+MAX_PARAMETERS = 2**32
+
 
 def spec_of(model: nn.Module) -> dict[str, Any]:
     """The JSON model spec of a trainable cascade (EDM or DiT adapter)."""
@@ -26,15 +31,21 @@ def spec_of(model: nn.Module) -> dict[str, Any]:
     return dit_model_spec(model) if isinstance(model, _FlowCascade) else edm_model_spec(model)  # type: ignore[arg-type]
 
 
-def build_from_spec(spec: Any) -> nn.Module:
-    """The untrained model a spec describes, by its format."""
+def build_from_spec(spec: Any, where: str | Path | None = None) -> nn.Module:
+    """The untrained model a spec describes, by its format. The architecture is checked
+    before anything is built; with `where` (the spec's file), errors name it."""
     from .adapters.dit.checkpoint import SPEC_FORMAT as DIT_FORMAT
     from .adapters.dit.checkpoint import dit_from_spec
     from .adapters.edm.lowdiff import edm_from_spec
 
-    if isinstance(spec, dict) and spec.get("format") == DIT_FORMAT:
-        return dit_from_spec(spec)
-    return edm_from_spec(spec)
+    try:
+        if isinstance(spec, dict) and spec.get("format") == DIT_FORMAT:
+            return dit_from_spec(spec)
+        return edm_from_spec(spec)
+    except ValueError as err:
+        if where is None:
+            raise
+        raise ValueError(f"model spec {str(where)!r}: {err}") from None
 
 
 def _read_json(path: Path) -> Any:
@@ -57,7 +68,7 @@ def load_run(path: str | Path) -> nn.Module:
     checkpoint = path if path.is_file() else latest_checkpoint(run)
     if checkpoint is None:
         raise ValueError(f"training run {str(run)!r} has no checkpoint yet")
-    return load_weights(build_from_spec(_read_json(spec_file)), checkpoint, "ema").eval()
+    return load_weights(build_from_spec(_read_json(spec_file), spec_file), checkpoint, "ema").eval()
 
 
 def export_run(run: str | Path, out: str | Path, *, dtype: torch.dtype = torch.float16) -> tuple[Path, Path]:
@@ -89,7 +100,7 @@ def load_exported(path: str | Path) -> nn.Module:
     for p in (spec_path, weights_path):
         if not p.is_file():
             raise ValueError(f"exported model {str(path)!r} needs {p.name} beside it; not found")
-    model = build_from_spec(_read_json(spec_path))
+    model = build_from_spec(_read_json(spec_path), spec_path)
     state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in load_file(str(weights_path)).items()}
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)

@@ -1,20 +1,63 @@
-"""Reading files of tensors without executing code: `.safetensors`, or torch files through
-`torch.load(weights_only=True)` only. Every failure is a one-line ValueError naming the file."""
+"""Reading files of tensors without executing code: `.safetensors`, or torch files (zip or
+legacy format) through `torch.load(weights_only=True)` only. Every failure is a one-line
+ValueError naming the file.
+
+`load_weights_only` is the one place a torch file is unpickled; its errors carry torch's
+reason in one line, minus torch's advice to retry with weights_only=False (that would run
+whatever code the file holds)."""
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
+import torch
 
-def _first_line(exc: BaseException) -> str:
-    """A short reason from `exc` (torch's weights_only message is many lines; keep its core)."""
-    text = str(exc).strip()
+# torch.save's legacy (non-zip) format opens with this number pickled on its own.
+_LEGACY_HEADS = tuple(pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=p) for p in range(2, pickle.HIGHEST_PROTOCOL + 1))
+_ZIP_HEAD = b"PK\x03\x04"
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
+
+
+class WeightsOnlyError(ValueError):
+    """torch.load(weights_only=True) failed: `reason` is one line; `refused_global` names the
+    global the file asked for (something a plain unpickle would import or call), if that was why."""
+
+    def __init__(self, reason: str, refused_global: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.refused_global = reason, refused_global
+
+
+def is_torch_file(head: bytes) -> bool:
+    """Whether a file starting with `head` (its first 32 bytes will do) was written by
+    torch.save, in the zip format or the legacy one."""
+    return head.startswith(_ZIP_HEAD) or any(head.startswith(h) for h in _LEGACY_HEADS)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line of why torch.load failed: the unpickler's own message when torch wrapped it,
+    never the wrapper's advice to load with weights_only=False, nor the docs link."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.rsplit("WeightsUnpickler error:", 1)[1]
     for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("WeightsUnpickler error:"):
-            return line[len("WeightsUnpickler error:"):].strip()
-    return (text.splitlines()[0].strip() if text else "") or type(exc).__name__
+        line = line.strip().removeprefix("Weights only load failed.").strip()
+        if not line or "weights_only" in line or line.startswith("Check the documentation of torch.load"):
+            continue
+        return line.split(" Please use `torch.serialization.add_safe_globals", 1)[0]
+    return type(exc).__name__
+
+
+def load_weights_only(source: Any) -> Any:
+    """`torch.load(source, weights_only=True)` onto the CPU; any failure is a WeightsOnlyError
+    (torch, pickle and zip raise many types for damaged bytes, all meaning the same to a user)."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        found = _REFUSED_GLOBAL.search(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        raise WeightsOnlyError(_reason(exc), found.group(1) if found else None) from None
 
 
 def load_tensor_file(path: str | Path, what: str = "file") -> Any:
@@ -31,12 +74,10 @@ def load_tensor_file(path: str | Path, what: str = "file") -> Any:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises several types for a corrupt file
-            raise ValueError(f"{what} {str(path)!r} is not a readable safetensors file ({_first_line(exc)})") from None
-    import torch
-
+            raise ValueError(f"{what} {str(path)!r} is not a readable safetensors file ({_reason(exc)})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and EOF errors all mean the same to a user
+        return load_weights_only(path)
+    except WeightsOnlyError as err:
         raise ValueError(
-            f"{what} {str(path)!r} is not a plain tensor checkpoint (torch.load(weights_only=True) refused it: {_first_line(exc)})"
+            f"{what} {str(path)!r} is not a plain tensor checkpoint (torch.load(weights_only=True) refused it: {err.reason})"
         ) from None

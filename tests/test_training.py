@@ -495,3 +495,158 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(dataset
     ckpt = load_checkpoint(latest_checkpoint(out))
     assert ckpt["world_size"] == 2 and ckpt["step"] == 5
     torch.testing.assert_close(ckpt["ema"], load_checkpoint(latest_checkpoint(tmp_path / "single"))["ema"], rtol=1e-5, atol=2e-6)
+
+
+# -- damaged files and killed runs (issue 14) ------------------------------------------------------
+
+
+def test_a_corrupt_zip_is_one_line_naming_it(dataset_dir, tmp_path):
+    whole = zip_folder(dataset_dir, tmp_path / "ramps.zip").read_bytes()
+    cases = {"random.zip": np.random.default_rng(0).bytes(4096), "half.zip": whole[: len(whole) // 2], "empty.zip": b""}
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match="not a readable zip archive") as info:
+            ImageDataset(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value), name
+
+
+def corrupt_member_zip(dataset_dir: Path, dest: Path, member: str, how: str) -> Path:
+    """The dataset as a zip in which `member` is damaged: `garbage` (not an image), `body`
+    (a valid header, broken pixel data) or `crc` (bytes changed after the zip was written)."""
+    zip_folder(dataset_dir, dest)
+    with zipfile.ZipFile(dest) as z:
+        original = z.read(member)
+    if how == "crc":
+        data = bytearray(dest.read_bytes())
+        at = data.find(original) + len(original) - 20
+        data[at] ^= 0xFF
+        dest.write_bytes(bytes(data))
+        return dest
+    if how == "garbage":
+        damaged = b"garbage!" * 8
+    else:  # zeros inside the compressed pixels, past the chunks the header check reads
+        at = original.find(b"IDAT") + 8
+        damaged = original[:at] + bytes(8) + original[at + 8 :]
+    rebuilt = dest.with_suffix(".tmp")
+    with zipfile.ZipFile(dest) as src, zipfile.ZipFile(rebuilt, "w") as out:
+        for info in src.infolist():
+            out.writestr(info, damaged if info.filename == member else src.read(info))
+    rebuilt.replace(dest)
+    return dest
+
+
+@pytest.mark.parametrize("how", ["garbage", "body", "crc"])
+def test_a_corrupt_member_image_is_one_line_naming_it(dataset_dir, tmp_path, how):
+    member = "00000/img00000005.png"
+    path = corrupt_member_zip(dataset_dir, tmp_path / "ramps.zip", member, how)
+    with pytest.raises(ValueError) as info:
+        data = ImageDataset(path)  # a bad header fails here, bad pixels when the image is read
+        for k in range(len(data)):
+            data[k]
+    message = str(info.value)
+    assert member in message and str(path) in message and "\n" not in message, message
+
+
+def stale_temporaries(folder: Path) -> list[str]:
+    """What a kill -9 during each of the run's atomic writes leaves behind."""
+    from lowdiff_sched.outputs import atomic_path
+
+    names = []
+    for target in ("checkpoint-00000006.pt", "log.jsonl", "train_config.json", "model.json"):
+        with pytest.raises(KeyboardInterrupt), atomic_path(folder / target) as tmp:
+            names.append(tmp.name)
+            raise KeyboardInterrupt  # atomic_path removes it; put it back as a killed process leaves it
+        (folder / names[-1]).write_bytes(b"half a file")
+    return names
+
+
+def test_resume_removes_temporary_files_left_by_a_killed_run(dataset_dir, tmp_path):
+    data = ImageDataset(dataset_dir)
+    whole = train(TinyCascade(seed=0), data, config(steps=8), tmp_path / "whole", progress=False)
+    run = tmp_path / "split"
+    train(TinyCascade(seed=0), data, config(steps=4, checkpoint_every=4), run, progress=False)
+    left = stale_temporaries(run)
+    other = run / ".notes.tmp"  # not a name our writers use: left alone
+    other.write_text("mine")
+    assert all((run / name).exists() for name in left)
+    resumed = train(TinyCascade(seed=99), data, config(steps=8, checkpoint_every=4), run, progress=False)
+    assert not [name for name in left if (run / name).exists()]
+    assert other.read_text() == "mine"
+    assert_same(params(resumed), params(whole))
+
+
+def test_a_fresh_run_in_a_folder_with_leftovers_cleans_them(dataset_dir, tmp_path):
+    left = stale_temporaries(tmp_path)
+    train(TinyCascade(), ImageDataset(dataset_dir), config(steps=2), tmp_path, progress=False)
+    assert not [name for name in left if (tmp_path / name).exists()]
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(dataset_dir, tmp_path):
+    data = ImageDataset(dataset_dir)
+    train(TinyCascade(seed=0), data, config(steps=8), tmp_path / "whole", progress=False)
+    run = tmp_path / "split"
+    train(TinyCascade(seed=0), data, config(steps=4, checkpoint_every=4), run, progress=False)
+    with open(run / "log.jsonl", "a") as f:  # killed halfway through appending a record
+        f.write('{"step": 5, "loss": 0.4')
+    train(TinyCascade(seed=0), data, config(steps=8, checkpoint_every=4), run, progress=False)
+    assert (run / "log.jsonl").read_text() == (tmp_path / "whole" / "log.jsonl").read_text()
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_its_log_afresh(dataset_dir, tmp_path):
+    data = ImageDataset(dataset_dir)
+    train(TinyCascade(seed=0), data, config(steps=3), tmp_path / "whole", progress=False)
+    run = tmp_path / "killed"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0, "levels": {}}) + "\n")  # and no checkpoint
+    train(TinyCascade(seed=0), data, config(steps=3), run, progress=False)
+    assert (run / "log.jsonl").read_text() == (tmp_path / "whole" / "log.jsonl").read_text()
+
+
+KILLED_WORKER = """
+import io
+import os
+import signal
+import sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_training import TinyCascade, config
+from lowdiff_sched.training import ImageDataset, train
+
+real_save, saves = torch.save, []
+
+def save_then_die(obj, f, *args, **kwargs):
+    # the second checkpoint: half of it reaches the disk, then the process is killed
+    saves.append(f)
+    if len(saves) == 2:
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = save_then_die
+train(TinyCascade(seed=0), ImageDataset(sys.argv[2]), config(steps=6, checkpoint_every=2), sys.argv[1], progress=False)
+"""
+
+
+def test_kill_9_while_writing_a_checkpoint_then_resume(dataset_dir, tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_WORKER.format(tests=str(Path(__file__).parent)))
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), str(run), str(dataset_dir)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert [s for s, _ in list_checkpoints(run)] == [2]
+    half = [p.name for p in run.iterdir() if p.name.startswith(".checkpoint-00000004.pt.")]
+    assert len(half) == 1 and (run / half[0]).stat().st_size > 0  # what kill -9 leaves behind
+
+    resumed = train(TinyCascade(seed=5), ImageDataset(dataset_dir), config(steps=6, checkpoint_every=2), run, progress=False)
+    assert no_temp_files(run)
+    assert [s for s, _ in list_checkpoints(run)] == [4, 6]  # keep_checkpoints=2
+    whole = train(TinyCascade(seed=0), ImageDataset(dataset_dir), config(steps=6, checkpoint_every=2), tmp_path / "whole", progress=False)
+    assert_same(params(resumed), params(whole))
+    assert (run / "log.jsonl").read_text() == (tmp_path / "whole" / "log.jsonl").read_text()

@@ -28,7 +28,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, TypeError, OSError) as err:
-        typer.echo(f"lowdiff-sched: error: {err}", err=True)
+        text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+        typer.echo(f"lowdiff-sched: error: {text}", err=True)
         raise typer.Exit(2) from None
 
 

@@ -5,6 +5,9 @@ torch.load(weights_only=True)): format, step, images_seen, model and ema state d
 optimizer state dict, config (a dict) and world_size. Writes are atomic (temporary file +
 os.replace), so a crash while saving leaves the previous checkpoint intact. No RNG state is
 stored because none is carried between steps: each step reseeds from (seed, step), see seeds.py.
+
+A process killed mid-write (kill -9, power cut) leaves its hidden temporary file behind;
+`remove_stale_temporaries` clears those when a run starts or resumes.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
+from .. import outputs
 from ..outputs import atomic_path
 from ..tensorfiles import load_tensor_file
 
@@ -34,6 +38,13 @@ def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
         return []
     found = ((NAME.match(p.name), p) for p in out_dir.iterdir())
     return sorted((int(m.group(1)), p) for m, p in found if m)
+
+
+def remove_stale_temporaries(out_dir: str | Path, names: Iterable[str] = ()) -> list[Path]:
+    """Delete the temporary files our atomic writers leave in out_dir when killed mid-write:
+    those of checkpoints and of the files `names` (e.g. "log.jsonl"); nothing else is touched.
+    Call it only while no other process writes to out_dir. Returns what was deleted."""
+    return outputs.remove_stale_temporaries(out_dir, "|".join([NAME.pattern[1:-1], *map(re.escape, names)]))
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Any
 
@@ -14,8 +15,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import first_line
+
 LABELS_FILE = "dataset.json"
 CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+# What reading one damaged file can raise: PIL's errors (OSError, SyntaxError, EOFError, its
+# DecompressionBombError), zipfile's for a damaged member (BadZipFile: a bad CRC or header)
+# and zlib's for a damaged deflated one.
+_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 def _image_extensions() -> set[str]:
@@ -40,8 +47,11 @@ class ImageDataset(torch.utils.data.Dataset):
             files = {p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()}
         elif self.path.is_file() and self.path.suffix.lower() == ".zip":
             self._zip_path = self.path
-            with zipfile.ZipFile(self.path) as z:
-                files = {name for name in z.namelist() if not name.endswith("/")}
+            try:
+                with zipfile.ZipFile(self.path) as z:
+                    files = {name for name in z.namelist() if not name.endswith("/")}
+            except (zipfile.BadZipFile, OSError, EOFError) as err:
+                raise ValueError(f"dataset {str(self.path)!r} is not a readable zip archive: {_reason(err)}") from None
         elif self.path.exists():
             raise ValueError(f"dataset {str(self.path)!r} must be a folder or a .zip file")
         else:
@@ -96,8 +106,8 @@ class ImageDataset(torch.utils.data.Dataset):
                 mode, (w, h) = img.mode, img.size
                 if mode == "P":
                     mode = "RGBA" if "transparency" in img.info else "RGB"
-        except (OSError, SyntaxError) as err:
-            raise ValueError(f"{name!r} in dataset {str(self.path)!r} is not a readable image: {err}") from None
+        except (*_READ_ERRORS, PIL.Image.DecompressionBombError) as err:
+            raise ValueError(f"{name!r} in dataset {str(self.path)!r} is not a readable image: {_reason(err)}") from None
         if mode not in CHANNELS:
             raise ValueError(f"{name!r} in dataset {str(self.path)!r} has image mode {mode!r}; supported: {sorted(CHANNELS)} (8 bits per channel)")
         return CHANNELS[mode], h, w
@@ -114,13 +124,17 @@ class ImageDataset(torch.utils.data.Dataset):
         return first
 
     def _decode(self, name: str) -> np.ndarray:
-        """[H, W, C] uint8 pixels of one file."""
+        """[H, W, C] uint8 pixels of one file (only headers are checked when the dataset opens,
+        so damaged pixel data shows here, as a one-line error naming the file)."""
         import PIL.Image
 
-        with self._open(name) as f, PIL.Image.open(f) as img:
-            if img.mode == "P":
-                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-            pixels = np.array(img, dtype=np.uint8)
+        try:
+            with self._open(name) as f, PIL.Image.open(f) as img:
+                if img.mode == "P":
+                    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                pixels = np.array(img, dtype=np.uint8)
+        except (*_READ_ERRORS, PIL.Image.DecompressionBombError) as err:
+            raise ValueError(f"{name!r} in dataset {str(self.path)!r} is corrupt: {_reason(err)}") from None
         return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
     def _read_labels(self) -> list[int] | None:
@@ -128,8 +142,8 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             with self._open(LABELS_FILE) as f:
                 data: Any = json.load(f)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{where} is not valid JSON: {err}") from None
+        except (*_READ_ERRORS, ValueError) as err:
+            raise ValueError(f"{where} is not valid JSON: {_reason(err)}") from None
         if not isinstance(data, dict) or "labels" not in data:
             raise ValueError(f'{where} must be an object with a "labels" entry')
         entries = data["labels"]
@@ -159,6 +173,13 @@ class ImageDataset(torch.utils.data.Dataset):
         if self._zip is not None:
             self._zip.close()
             self._zip = None
+
+
+def _reason(err: BaseException) -> str:
+    """One line from a read error; PIL's messages end in the repr of the file object, which
+    says nothing the error's own text does not."""
+    text = first_line(err)
+    return text.split(" <", 1)[0] if text.endswith(">") else text
 
 
 def _describe(shape: tuple[int, int, int]) -> str:

@@ -15,8 +15,9 @@ from torch import Tensor, nn
 
 from ..outputs import atomic_path, ensure_writable_dir
 from ..protocol import ResolutionCascade
+from ..runs import MODEL_SPEC
 from .batches import StepBatches
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig, resume_conflicts
 from .data import one_hot
 from .distributed import Processes, average_gradients, broadcast_parameters, default_device, join_processes, sum_over_ranks
@@ -118,11 +119,17 @@ class _Run:
     # -- state ---------------------------------------------------------------------------------
 
     def restore(self, resume: bool) -> None:
-        """Continue from the latest checkpoint in out_dir, or start (every rank from rank 0's weights)."""
+        """Continue from the latest checkpoint in out_dir, or start (every rank from rank 0's weights).
+        Either way, what a killed run left in out_dir goes first: its temporary files, and the
+        log records of steps after the state it continues from."""
         path = latest_checkpoint(self.out_dir)
         if path is not None and not resume:
             raise ValueError(f"out_dir {str(self.out_dir)!r} already holds checkpoints; resume from them or use another out_dir")
+        if self.procs.is_main:
+            remove_stale_temporaries(self.out_dir, (LOG_FILE, CONFIG_FILE, MODEL_SPEC))
         if path is None:
+            if self.procs.is_main:
+                _forget_log_after(self.out_dir / LOG_FILE, 0)
             broadcast_parameters(self.model, self.procs)
             self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
             return
@@ -251,13 +258,24 @@ class _Run:
 
 
 def _forget_log_after(path: Path, step: int) -> None:
-    """Drop log records of steps after `step` (logged by a run that then died before saving them)."""
-    if path.is_file():
-        lines = path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-        if len(kept) != len(lines):
-            with atomic_path(path) as tmp:
-                tmp.write_text("".join(kept))
+    """Drop log records of steps after `step` (logged by a run that then died before saving
+    them), and a last record cut short by a kill mid-write."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            if number == len(lines) and not line.endswith("\n"):
+                continue  # torn: the process died while appending it
+            raise ValueError(f"training log {str(path)!r}: line {number} is not a JSON record") from None
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(kept))
 
 
 class _LossLog:

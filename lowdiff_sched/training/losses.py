@@ -322,7 +322,7 @@ def msf_loss(
     generator: torch.Generator | None = None,
     **extra: Any,
 ) -> tuple[Tensor, dict[int, Tensor]]:
-    """MSF's per-scale rectified-flow loss with teacher forcing (msf.txt Eq. 5).
+    """MSF's per-scale rectified-flow loss with teacher forcing ("MSF: Efficient Diffusion Model Via Multi-Scale Latent Factorize", Eq. 5).
 
     x [B, C, *sizes[-1]] is factorized into residuals r_i (Alg. 1; `base` for the latent
     variant); scale i's network sees z_t = t r_i + (1 - t) z0 with t ~ U[0, 1) and, for

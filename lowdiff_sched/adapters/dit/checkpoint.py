@@ -4,7 +4,7 @@ A LightningDiT checkpoint is `torch.save({"model": ..., "ema": ..., "opt": ..., 
 or a bare state dict; the EMA weights are used when present. Retrofitted cascades (LowDiff,
 C2F) are saved in the same layout, with their own parameter names, and are recognised by
 them. `latents_stats.pt` holds {"mean", "std"} of shape [1, C, 1, 1]; the network works on
-z' = (z - mean) / std (REFERENCE.md section 5).
+z' = (z - mean) / std (LightningDiT's latents_stats.pt).
 """
 
 from __future__ import annotations
@@ -145,10 +145,47 @@ def dit_model_spec(model: DiTModel) -> dict[str, Any]:
 
 
 def dit_from_spec(spec: dict[str, Any]) -> DiTModel:
-    """Build (untrained) the model a `dit_model_spec` describes."""
-    if spec.get("format") != SPEC_FORMAT or spec.get("version") != 1:
+    """Build (untrained) the model a `dit_model_spec` describes, once its config is checked
+    to be one that builds (`check_dit_size`)."""
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT or spec.get("version") != 1:
         raise ValueError("not a lowdiff-sched DiT model spec (format/version)")
-    return dit_cascade_of(LightningDiT(DiTConfig.from_dict(spec["config"])), spec["levels"], spec["method"])
+    levels, method = spec.get("levels"), spec.get("method")
+    if not isinstance(levels, list) or not levels or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in levels):
+        raise ValueError(f'"levels" must be a non-empty list of positive ints, got {levels!r:.200}')
+    if method not in ("none", "lowdiff", "c2f"):
+        raise ValueError(f'"method" must be "none", "lowdiff" or "c2f", got {method!r:.200}')
+    config = DiTConfig.from_dict(spec.get("config"))
+    check_dit_size(config, levels)
+    return dit_cascade_of(LightningDiT(config), levels, method)
+
+
+_MAX_DEPTH = 10_000  # blocks; LightningDiT-XL has 28
+
+
+def check_dit_size(config: DiTConfig, levels: list[int] | None = None) -> None:
+    """Refuse (one-line ValueError naming the fields) a config whose network, with the
+    position tables of `levels`, would exceed `runs.MAX_PARAMETERS`; counted, not built."""
+    from ...runs import MAX_PARAMETERS
+
+    r = config.mlp_ratio
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < float("inf"):
+        raise ValueError(f"DiTConfig.mlp_ratio must be a positive number, got {r!r}")
+    if config.depth > _MAX_DEPTH:
+        raise ValueError(f"DiTConfig.depth={config.depth} is more than {_MAX_DEPTH} blocks")
+    h, p = config.hidden_size, config.patch_size
+    tokens = sum((size // p) ** 2 for size in [*(levels or []), config.input_size])
+    # per block: attention 4h^2, SwiGLU 2 r h^2, adaLN 6h^2 (+ biases and norms); then the
+    # embedders, the final layer and one position table per level
+    total = (
+        config.depth * ((10 + 2 * r) * h * h + 16 * h)
+        + 2 * h * h + 2 * p * p * config.in_channels * h + (config.num_classes + 1 + 256 + 8) * h + tokens * h
+    )
+    if total > MAX_PARAMETERS:
+        raise ValueError(
+            f"DiTConfig hidden_size={h}, depth={config.depth}, mlp_ratio={r}, num_classes={config.num_classes}, "
+            f"input_size={config.input_size}, patch_size={p}: a network of about {total:.3g} parameters, more than "
+            f"the {MAX_PARAMETERS:.3g} a file may ask for"
+        )
 
 
 def dit_cascade_of(net: LightningDiT, levels: list[int], method: str = "lowdiff") -> DiTModel:

@@ -23,7 +23,6 @@ import inspect
 import io
 import os
 import pickle
-import re
 import types
 import uuid
 import warnings
@@ -34,6 +33,9 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 from torch import nn
+
+from ...errors import first_line as _first_line
+from ...tensorfiles import WeightsOnlyError, is_torch_file, load_weights_only
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -52,7 +54,6 @@ FORMAT = "lowdiff-sched/edm"
 FORMAT_VERSION = 1
 
 _PICKLE_MAGIC = 0x80  # first byte of every protocol >= 2 pickle
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) container
 
 
 class CheckpointError(ValueError):
@@ -137,22 +138,15 @@ def _reconstruct_persistent(meta: Any) -> PersistentRecord:
     return PersistentRecord(class_name=class_name, state=state, version=version, module_src=src)
 
 
-_GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
-
-
 def _load_weights_only(source: Any, what: str, corrupt: str) -> Any:
-    """torch.load with weights_only semantics; a refused global becomes UnsafeCheckpointError
-    naming it, any other failure (torch and pickle raise many types for damaged bytes) a
-    CheckpointError: "<what> <corrupt> (<cause>)"."""
+    """`tensorfiles.load_weights_only`, its errors as this module's: a refused global is an
+    UnsafeCheckpointError naming it, any other failure a CheckpointError "<what> <corrupt> (<cause>)"."""
     try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = _GLOBAL_IN_MESSAGE.search(str(exc))
-        if found:
-            raise UnsafeCheckpointError(f"{what} refers to {found.group(1)}, which weights_only loading refuses") from None
-        raise CheckpointError(f"{what} {corrupt} ({_first_line(exc)})") from None
-    except Exception as exc:
-        raise CheckpointError(f"{what} {corrupt} ({type(exc).__name__}: {_first_line(exc)})") from None
+        return load_weights_only(source)
+    except WeightsOnlyError as err:
+        if err.refused_global:
+            raise UnsafeCheckpointError(f"{what} refers to {err.refused_global}, which weights_only loading refuses") from None
+        raise CheckpointError(f"{what} {corrupt} ({err.reason})") from None
 
 
 def _load_storage_blob(blob: Any) -> torch.storage.TypedStorage:
@@ -328,7 +322,7 @@ def load_edm(
     """
     path = Path(path)
     table = _class_table(classes)
-    if _sniff(path, expect_pickle=False) == "zip":
+    if _sniff(path, expect_pickle=False) == "torch":
         return _load_own(path, key, table)
     data = read_edm_pickle(path)
     if not isinstance(data, dict):
@@ -408,25 +402,37 @@ def _class_table(classes: Mapping[str, type] | None) -> Mapping[str, type]:
 
 
 def _sniff(path: Path, expect_pickle: bool) -> str:
-    """'pickle' or 'zip' from the first bytes; CheckpointError for anything else."""
-    with open(path, "rb") as f:
-        head = f.read(8)
+    """'torch' (a torch.save file, zip or legacy format) or 'pickle' (any other pickle) from
+    the first bytes; CheckpointError for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
     if not head:
         raise CheckpointError(f"{path}: empty file")
+    wanted = "an EDM pickle" if expect_pickle else "an EDM pickle or a lowdiff-sched checkpoint"
+    if is_torch_file(head):
+        if expect_pickle:
+            raise CheckpointError(f"{path}: a torch.save file, not {wanted}")
+        return "torch"
     if head[0] == _PICKLE_MAGIC:
         return "pickle"
-    if head.startswith(_ZIP_MAGIC) and not expect_pickle:
-        return "zip"
-    wanted = "an EDM pickle" if expect_pickle else "an EDM pickle or a lowdiff-sched checkpoint"
-    raise CheckpointError(f"{path}: not {wanted} (starts with {head!r})")
+    raise CheckpointError(f"{path}: not {wanted} (starts with {head[:8]!r})")
 
 
 def _load_own(path: Path, key: str, table: Mapping[str, type]) -> nn.Module:
     if key != "ema":
         raise CheckpointError(f"{path}: a lowdiff-sched checkpoint holds a single network; key={key!r} does not apply")
+    from ...training.checkpoint import FORMAT as TRAINING_FORMAT
+
     obj = _load_weights_only(path, f"{path}:", "corrupt or truncated checkpoint")
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        found = obj.get("format") if isinstance(obj, dict) else _describe(obj)
+    found = obj.get("format") if isinstance(obj, dict) else _describe(obj)
+    if found == TRAINING_FORMAT:
+        raise CheckpointError(
+            f"{path}: a lowdiff-sched training checkpoint, not a network checkpoint; give its run folder (with model.json) instead"
+        )
+    if found != FORMAT:
         raise CheckpointError(f"{path}: not a lowdiff-sched checkpoint (format {found!r}, expected {FORMAT!r})")
     if obj.get("version") != FORMAT_VERSION:
         raise CheckpointError(
@@ -445,12 +451,19 @@ def _load_own(path: Path, key: str, table: Mapping[str, type]) -> nn.Module:
 def _build(
     table: Mapping[str, type], class_name: str, args: tuple, kwargs: dict[str, Any], state: dict[str, Any], where: str
 ) -> nn.Module:
+    from .networks import NETWORK_CLASSES, check_init_kwargs
+
     kwargs = _as_kwargs(table[class_name], tuple(args), dict(kwargs), where)
+    if table[class_name] is NETWORK_CLASSES.get(class_name):
+        try:
+            check_init_kwargs(class_name, kwargs)
+        except ValueError as exc:
+            raise CheckpointError(f"{where}: init arguments of {class_name}: {exc}") from None
     try:
         net = table[class_name](**kwargs)
     except Exception as exc:
         raise CheckpointError(
-            f"{where}: cannot build {class_name} from the file's init arguments ({type(exc).__name__}: {exc})"
+            f"{where}: cannot build {class_name} from the file's init arguments ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
@@ -585,11 +598,6 @@ def _describe(x: Any) -> str:
     if x is None:
         return "None"
     return f"a {type(x).__name__}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _init_repr(kwargs: Mapping[str, Any]) -> str:

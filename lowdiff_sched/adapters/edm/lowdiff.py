@@ -20,11 +20,12 @@ from torch.nn.functional import silu
 
 from ...kernels import upsample_concat
 from ...protocol import Level, check_level_input, level_one_hot
+from ...errors import first_line
 from ...resample import UPSAMPLE_MODES
 from .c2f import C2FUNet
 from .stack import LevelStack
 from .inputs import check_retrofit, label_rows
-from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution
+from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution, check_init_kwargs
 
 
 class LowDiffUNet(nn.Module):
@@ -231,9 +232,13 @@ def build_network(class_name: str, init_kwargs: dict[str, Any]) -> nn.Module:
         raise ValueError(f"init_kwargs of {class_name} must be a JSON object, got {type(init_kwargs).__name__}")
     kwargs = json.loads(json.dumps(init_kwargs))  # a plain copy, as it will be written
     try:
+        check_init_kwargs(class_name, kwargs)
+    except ValueError as err:
+        raise ValueError(f"init_kwargs of {class_name}: {err}") from None
+    try:
         net = NETWORK_CLASSES[class_name](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"cannot build {class_name} from init_kwargs: {err}") from None
+    except (TypeError, RuntimeError) as err:
+        raise ValueError(f"cannot build {class_name} from init_kwargs: {first_line(err)}") from None
     net.init_kwargs = kwargs
     return net
 
@@ -283,11 +288,22 @@ def edm_from_spec(spec: dict[str, Any]) -> "LowDiffUNet | EDMCascade | C2FUNet |
     """Build (untrained) the model an `edm_model_spec` describes."""
     if not isinstance(spec, dict) or spec.get("format") != "lowdiff-sched/lowdiff-edm" or spec.get("version") != 1:
         raise ValueError("not a lowdiff-sched LowDiff EDM model spec (format/version)")
-    net = build_network(spec["backbone"]["class_name"], spec["backbone"]["init_kwargs"])
-    if spec.get("retrofit", True) is False:
+    backbone, levels = spec.get("backbone"), spec.get("levels")
+    if not isinstance(backbone, dict) or set(backbone) != {"class_name", "init_kwargs"}:
+        raise ValueError(f'"backbone" must be {{"class_name": ..., "init_kwargs": {{...}}}}, got {backbone!r:.200}')
+    if not isinstance(levels, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in levels):
+        raise ValueError(f'"levels" must be a list of ints, got {levels!r:.200}')
+    retrofit, method = spec.get("retrofit", True) is not False, spec.get("method", "lowdiff")
+    if retrofit and method not in METHODS:
+        raise ValueError(f'"method" must be one of {METHODS}, got {method!r:.200}')
+    missing = [k for k in ("cond", "embed_cond_sigma") if k not in spec]
+    if retrofit and method == "lowdiff" and missing:
+        raise ValueError(f"a LowDiff model spec needs {' and '.join(map(repr, missing))}")
+    net = build_network(backbone["class_name"], backbone["init_kwargs"])
+    if not retrofit:
         return EDMCascade(net)
-    if spec.get("method", "lowdiff") == "c2f":
-        return C2FUNet.from_edm(net, spec["levels"])
-    if spec.get("method") == "distill":
-        return LevelStack.from_edm(net, spec["levels"])
-    return LowDiffUNet.from_edm(net, spec["levels"], spec["cond"], spec["embed_cond_sigma"])
+    if method == "c2f":
+        return C2FUNet.from_edm(net, levels)
+    if method == "distill":
+        return LevelStack.from_edm(net, levels)
+    return LowDiffUNet.from_edm(net, levels, spec["cond"], spec["embed_cond_sigma"])

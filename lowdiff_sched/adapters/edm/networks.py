@@ -13,7 +13,9 @@ stays float32. EDM's ADM backbone (`DhariwalUNet`) is not implemented.
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,6 +41,7 @@ __all__ = [
     "NETWORK_CLASSES",
     "UNET_CONFIGS",
     "DATASET_CONFIGS",
+    "check_init_kwargs",
 ]
 
 # mode -> (draw, scale(fan_in, fan_out)): uniform draws lie in [-1, 1], normal draws are N(0, 1).
@@ -758,3 +761,85 @@ DATASET_CONFIGS: dict[str, dict[str, Any]] = {
     "ffhq-64x64": dict(channel_mult=[1, 2, 2, 2], dropout=0.05, augment_dim=9),
     "afhqv2-64x64": dict(channel_mult=[1, 2, 2, 2], dropout=0.25, augment_dim=9),
 }
+
+
+# ----------------------------------------------------------------------------------------
+# Checking init kwargs read from a file before a network is built from them.
+
+_PRECONDS = ("VPPrecond", "VEPrecond", "EDMPrecond")
+_MAX_BLOCKS = 10_000  # UNetBlocks; EDM's largest configs have about 50
+
+
+def _count(name: str, value: Any, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        kind = "a positive int" if least == 1 else f"an int >= {least}"
+        raise ValueError(f"{name}={value!r}: must be {kind}")
+    return int(value)
+
+
+def _counts(name: str, value: Any, least: int, *, empty: bool) -> list[int]:
+    if not isinstance(value, (list, tuple)) or (not empty and not value):
+        raise ValueError(f"{name}={value!r}: must be a {'' if empty else 'non-empty '}list of ints")
+    return [_count(f"{name}[{i}]", v, least) for i, v in enumerate(value)]
+
+
+def _real(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not lo <= value <= hi:
+        raise ValueError(f"{name}={value!r}: must be a number in [{lo}, {hi}]")
+    return float(value)
+
+
+def check_init_kwargs(class_name: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse, as a one-line ValueError naming the field, init kwargs of an EDM precond network
+    or SongUNet (read from a file) that would not build: counts that are not ints or not
+    positive, or sizes past `runs.MAX_PARAMETERS`. Other classes are not checked.
+
+    The size is an upper bound counted from the kwargs alone, so nothing is allocated."""
+    from ...runs import MAX_PARAMETERS
+
+    if class_name not in (*_PRECONDS, "SongUNet"):
+        return
+    given = dict(kwargs)
+    if class_name in _PRECONDS:
+        if given.get("model_type", "SongUNet" if class_name != "EDMPrecond" else "DhariwalUNet") != "SongUNet":
+            return  # refused when built, with the reason
+        in_channels = _count("img_channels", given.get("img_channels"), 1)
+        if class_name == "VPPrecond" and "M" in given:
+            _count("M", given["M"], 1)
+    else:
+        in_channels = _count("in_channels", given.get("in_channels"), 1)
+        _count("out_channels", given.get("out_channels"), 1)
+    defaults = {k: p.default for k, p in inspect.signature(SongUNet).parameters.items() if p.default is not p.empty}
+    get = lambda name: given.get(name, defaults.get(name))  # noqa: E731
+    _count("img_resolution", given.get("img_resolution"), 1)
+    label_dim, augment_dim = _count("label_dim", get("label_dim"), 0), _count("augment_dim", get("augment_dim"), 0)
+    model_channels = _count("model_channels", get("model_channels"), 1)
+    mult = _counts("channel_mult", get("channel_mult"), 1, empty=False)
+    mult_emb, mult_noise = _count("channel_mult_emb", get("channel_mult_emb"), 1), _count("channel_mult_noise", get("channel_mult_noise"), 1)
+    num_blocks = _count("num_blocks", get("num_blocks"), 0)
+    _counts("attn_resolutions", get("attn_resolutions"), 1, empty=True)
+    taps = get("resample_filter")
+    if not isinstance(taps, (list, tuple)) or not taps:
+        raise ValueError(f"resample_filter={taps!r}: must be a non-empty list of numbers")
+    for i, tap in enumerate(taps):
+        _real(f"resample_filter[{i}]", tap)
+    for name in ("dropout", "label_dropout"):
+        _real(name, get(name), 0.0, 1.0)
+
+    levels = len(mult)
+    blocks = levels * (2 * num_blocks + 1) + 2 * (levels - 1) + 2  # encoder, decoder, their resampling blocks
+    if blocks > _MAX_BLOCKS:
+        raise ValueError(
+            f"num_blocks={num_blocks} over {levels} resolutions (channel_mult) makes {blocks} blocks, more than {_MAX_BLOCKS}"
+        )
+    width, emb, noise = model_channels * max(mult), model_channels * mult_emb, model_channels * mult_noise
+    # per block at most: two 3x3 convs (the first on a concatenated skip), a 1x1 skip, attention,
+    # the embedding's affine layer, and a resampling filter buffer per conv
+    per_block = 33 * width**2 + emb * width + 10 * width + 2 * len(taps) ** 2
+    total = blocks * per_block + noise * emb + emb**2 + (label_dim + augment_dim) * noise + 18 * width * in_channels * levels
+    if total > MAX_PARAMETERS:
+        raise ValueError(
+            f"model_channels={model_channels}, channel_mult={mult}, channel_mult_emb={mult_emb}, num_blocks={num_blocks}, "
+            f"resample_filter of {len(taps)} taps: a network of up to {total:.3g} parameters, more than the "
+            f"{MAX_PARAMETERS:.3g} a file may ask for"
+        )
