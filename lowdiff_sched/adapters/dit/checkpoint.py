@@ -4,7 +4,7 @@ A LightningDiT checkpoint is `torch.save({"model": ..., "ema": ..., "opt": ..., 
 or a bare state dict; the EMA weights are used when present. Retrofitted cascades (LowDiff,
 C2F) are saved in the same layout, with their own parameter names, and are recognised by
 them. `latents_stats.pt` holds {"mean", "std"} of shape [1, C, 1, 1]; the network works on
-z' = (z - mean) / std (LightningDiT's latents_stats.pt).
+z' = (z - mean) / std, as LightningDiT's own training and sampling do.
 """
 
 from __future__ import annotations
