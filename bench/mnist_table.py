@@ -25,7 +25,8 @@ import torch
 
 from lowdiff_sched import presets
 from lowdiff_sched.classifier import load_classifier
-from lowdiff_sched.evaluate import Evaluation, append_csv, evaluate, reference_stats
+from lowdiff_sched.evaluate import Evaluation, append_csv, evaluate
+from lowdiff_sched.judges import DigitJudge
 from lowdiff_sched.models import load_model
 
 ROWS = [
@@ -47,7 +48,7 @@ def markdown(results: list[Evaluation]) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r.model} | `{r.plan}` | {r.fd_mnist:.2f} | {r.class_accuracy:.1%} | {r.seconds_per_64:.2f} | "
+            f"| {r.model} | `{r.plan}` | {r.metrics['fd']:.2f} | {r.metrics['accuracy']:.1%} | {r.seconds_per_64:.2f} | "
             f"{ref.seconds_per_64 / r.seconds_per_64:.2f}x | {r.nfe} | {r.effective_nfe} |"
         )
     return "\n".join(lines)
@@ -62,8 +63,8 @@ def plot(results: list[Evaluation], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for r in results:
         cascade = not r.plan.startswith("mnist-base")
-        ax.scatter(r.seconds_per_64, r.fd_mnist, marker="o" if cascade else "s", s=40, color="C1" if cascade else "C0")
-        ax.annotate(f"{r.plan} ({r.nfe} NFE)", (r.seconds_per_64, r.fd_mnist), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.scatter(r.seconds_per_64, r.metrics['fd'], marker="o" if cascade else "s", s=40, color="C1" if cascade else "C0")
+        ax.annotate(f"{r.plan} ({r.nfe} NFE)", (r.seconds_per_64, r.metrics['fd']), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("seconds per 64 samples (this CPU)")
     ax.set_ylabel("FD-MNIST (lower is better)")
     ax.set_title("MNIST: cascades (orange) vs single-resolution baseline (blue)", fontsize=9)
@@ -90,7 +91,7 @@ def main() -> None:
         import csv
 
         with open(args.from_csv) as f:
-            results = [Evaluation(r["model"], r["plan"], int(r["n"]), float(r["fd_mnist"]), float(r["class_accuracy"]),
+            results = [Evaluation(r["model"], r["plan"], int(r["n"]), {"fd": float(r["fd"]), "accuracy": float(r["accuracy"])},
                                   float(r["seconds_per_64"]), int(r["nfe"]), int(r["effective_nfe"])) for r in csv.DictReader(f)]
         print(markdown(results))
         if args.plot is not None:
@@ -107,14 +108,12 @@ def main() -> None:
         rows = [row for row in ROWS if row[1] in wanted]
     names = {"base": args.base, "lowdiff": args.lowdiff, "lowdiff-2level": args.lowdiff_2level, "c2f": args.c2f}
     models = {key: (names[key], load_model(names[key])) for key in dict.fromkeys(key for key, _ in rows)}
-    classifier = load_classifier()
-    reference = reference_stats(classifier)
+    judge = DigitJudge(load_classifier())
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, n={args.n}")
     results = []
     for key, plan_name in rows:
         name, model = models[key]
-        result = evaluate(model, presets.get(plan_name), seeds=range(args.n), batch=args.batch, classifier=classifier,
-                          reference=reference, model_name=name)
+        result = evaluate(model, presets.get(plan_name), seeds=range(args.n), batch=args.batch, judge=judge, model_name=name)
         print(result.summary(), flush=True)
         results.append(result)
         if args.csv is not None:

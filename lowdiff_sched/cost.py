@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .plan import CascadePlan
+from .plan import CascadePlan, pixel_ratios
 from .protocol import ResolutionCascade
 
 
@@ -64,9 +64,12 @@ def plan_flops(cascade: ResolutionCascade, plan: CascadePlan, batch: int = 1) ->
 
 def flop_ratios(cascade: ResolutionCascade, plan: CascadePlan) -> list[float]:
     """Per lower stage, FLOPs per call at its level / at the final level: the latency ratios
-    for `CascadePlan.effective_nfe` when compute-bound."""
+    for `CascadePlan.effective_nfe` when compute-bound. A cascade with no network to count
+    (the analytic oracle) gets pixel ratios."""
     indices = plan.level_indices(len(cascade.levels))
     top = flops_per_call(cascade, indices[-1])
+    if not top:
+        return pixel_ratios(plan, cascade.levels)
     return [flops_per_call(cascade, i) / top for i in indices[:-1]]
 
 

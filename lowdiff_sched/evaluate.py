@@ -1,27 +1,34 @@
-"""Quality and cost of a class-conditional MNIST model under a plan, in one call.
+"""Quality and cost of a model under a plan, in one call: sample one image per seed, batch by
+batch, score each batch's features with a judge (`judges.Judge`) as it is made, and report
+the judge's metrics with the sampling time and the plan's NFE.
 
-FD-MNIST is the Frechet distance between the digit classifier's 128-D features of the
-generated digits and of the bundled train split; class accuracy is the share of digits
-generated for class c that the classifier calls c. Seed s gets class s mod 10
-(`sampling.seed_labels`), so n consecutive seeds cover the classes evenly.
+The judge is the model's own (FD-MNIST and class accuracy for the MNIST models, the exact FD
+for the Gaussian oracle) or `inception.InceptionJudge` (FID, IS, KID, precision/recall)
+against reference statistics. Only features are kept, never the images. Under torchrun the
+batches are dealt over the processes as `sample` deals them and the features gathered in
+batch order, so N processes give the numbers one process gives. A class-conditional
+model's seed s gets class s mod the class count (`sampling.seed_labels`).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from torch import Tensor
 
-from .classifier import DigitClassifier
 from .cost import flop_ratios
-from .judges import DigitJudge
+from .generate import deal_batches, sample_batch
+from .judges import DigitJudge, Judge
 from .plan import CascadePlan
 from .protocol import ResolutionCascade
-from .sampling import class_label_args, sample_cascade, seed_labels
+from .sampling import seed_labels
+from .training.distributed import Processes, gather_objects
 
 
 @dataclass(frozen=True)
@@ -29,23 +36,38 @@ class Evaluation:
     model: str
     plan: str
     n: int
-    fd_mnist: float
-    class_accuracy: float
+    metrics: dict[str, float]
     seconds_per_64: float
     nfe: int
     effective_nfe: int
+    judge: str = field(default="", compare=False)
 
     def row(self) -> dict[str, object]:
-        return asdict(self)
+        """One CSV row: model, plan, n, the metrics in the judge's order, then the cost."""
+        return {"model": self.model, "plan": self.plan, "n": self.n, **self.metrics,
+                "seconds_per_64": self.seconds_per_64, "nfe": self.nfe, "effective_nfe": self.effective_nfe}
+
+    def to_json(self) -> str:
+        return json.dumps({**self.row(), "judge": self.judge}, indent=2) + "\n"
 
     def summary(self) -> str:
+        shown = ", ".join(f"{k} {_fmt(k, v)}" for k, v in self.metrics.items())
         return (
-            f"{self.model} / {self.plan}: FD-MNIST {self.fd_mnist:.2f}, class accuracy {self.class_accuracy:.1%}, "
-            f"{self.seconds_per_64:.2f} s per 64 samples, NFE {self.nfe}, effective NFE {self.effective_nfe} (n={self.n})"
+            f"{self.model} / {self.plan}: {shown}, {self.seconds_per_64:.2f} s per 64 samples, "
+            f"NFE {self.nfe}, effective NFE {self.effective_nfe} (n={self.n})"
         )
 
 
-def reference_stats(classifier: DigitClassifier) -> tuple[torch.Tensor, torch.Tensor]:
+def _fmt(name: str, value: float) -> str:
+    return f"{value:.1%}" if name in ("accuracy", "precision", "recall") else f"{value:.5g}"
+
+
+def columns(metrics: Sequence[str]) -> list[str]:
+    """The CSV header of an evaluation reporting `metrics`."""
+    return ["model", "plan", "n", *metrics, "seconds_per_64", "nfe", "effective_nfe"]
+
+
+def reference_stats(classifier: Any) -> tuple[Tensor, Tensor]:
     """Mean and covariance of the classifier's features over the bundled train digits."""
     return DigitJudge(classifier).reference
 
@@ -57,74 +79,90 @@ def evaluate(
     *,
     seeds: Sequence[int],
     batch: int = 64,
-    classifier: DigitClassifier | None = None,
-    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    judge: Judge | None = None,
+    decode: Callable[[Tensor], Tensor] | None = None,
+    extra_args: dict[str, Any] | None = None,
     model_name: str = "",
     device: torch.device | str = "cpu",
-) -> Evaluation:
-    """Sample one digit per seed with `plan`, in batches of `batch`, and score them."""
-    label_dim = int(getattr(cascade, "label_dim", 0))
-    if label_dim != 10 or tuple(cascade.levels[-1].shape) != (1, 32, 32):
-        raise ValueError("evaluate needs a 10-class model of 32x32 single-channel digits (an MNIST model)")
+    procs: Processes | None = None,
+    progress: bool = False,
+) -> Evaluation | None:
+    """Sample one image per seed with `plan`, in batches of `batch`, and score them with
+    `judge` (default: the digit judge, for the MNIST models). `decode` maps a batch of
+    samples to images (a latent model's VAE). Under torchrun (`procs`) every process samples
+    its share; rank 0 returns the Evaluation, the others None."""
+    procs = procs or Processes()
+    judge = judge if judge is not None else DigitJudge()
     if batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch}")
     seeds = list(seeds)
     if len(seeds) < 2:
         raise ValueError("evaluate needs at least 2 seeds (a covariance needs 2 samples)")
-    judge = DigitJudge(classifier, reference)
-    labels = seed_labels(seeds, label_dim)
-    onehot = class_label_args(labels, label_dim, device)["class_labels"]
     plan.validate(cascade)
-    samples, seconds = [], 0.0
-    for lo in range(0, len(seeds), batch):
-        started = time.perf_counter()
-        samples.append(sample_cascade(
-            cascade, plan, seeds=seeds[lo:lo + batch], device=device, disable=True,
-            extra_args={"class_labels": onehot[lo:lo + batch]},
-        ).cpu())
-        seconds += time.perf_counter() - started
-    metrics = judge.metrics(judge.features(torch.cat(samples)), torch.as_tensor(labels))
+    label_dim = int(getattr(cascade, "label_dim", 0))
+    labels = seed_labels(seeds, label_dim) if label_dim else None
+    if isinstance(judge, DigitJudge) and (label_dim != 10 or tuple(cascade.levels[-1].shape) != (1, 32, 32)):
+        raise ValueError("the digit judge needs a 10-class model of 32x32 single-channel digits (an MNIST model)")
+    mine = deal_batches(seeds, labels, batch, procs)
+    parts: list[tuple[int, Tensor]] = []
+    seconds = 0.0
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(seeds), disable=not (progress and procs.is_main), unit="sample", desc="evaluating") as bar:
+        for b in mine:
+            started = time.perf_counter()
+            x = sample_batch(cascade, plan, b, device, extra_args)
+            seconds += time.perf_counter() - started
+            images = decode(x) if decode is not None else x
+            parts.append((b.index, judge.features(images)))
+            bar.update(len(b.seeds) * procs.world)
+    gathered = gather_objects((parts, seconds), procs)
+    if not procs.is_main:
+        return None
+    ordered = sorted((p for part, _ in gathered for p in part), key=lambda p: p[0])  # type: ignore[attr-defined]
+    features = torch.cat([f for _, f in ordered])
+    metrics = judge.metrics(features, torch.as_tensor(labels) if labels is not None else None)
+    total_seconds = sum(s for _, s in gathered)  # type: ignore[misc]
     return Evaluation(
         model=model_name,
         plan=plan.name or "",
         n=len(seeds),
-        fd_mnist=metrics["fd"],
-        class_accuracy=metrics["accuracy"],
-        seconds_per_64=seconds / len(seeds) * 64,
+        metrics={k: metrics[k] for k in judge.lower_is_better if k in metrics},
+        seconds_per_64=total_seconds / len(seeds) * 64,
         nfe=sum(plan.nfe()),
         effective_nfe=plan.effective_nfe(flop_ratios(cascade, plan)),
+        judge=type(judge).__name__,
     )
 
 
-COLUMNS = [f.name for f in fields(Evaluation)]
-
-
-def check_csv(path: str | Path, option: str = "csv") -> Path:
-    """Before any work: rows can be appended to `path` (missing, empty, or a CSV with our header)."""
+def check_csv(path: str | Path, header: Sequence[str], option: str = "--csv") -> Path:
+    """Before any work: rows with `header` can be appended to `path` (missing, empty, or a CSV
+    with that header)."""
     from .outputs import check_new_file
 
     path = check_new_file(path, option)
     if path.is_file() and path.stat().st_size:
         try:
             with open(path, newline="") as f:
-                header = next(csv.reader(f), [])
+                found = next(csv.reader(f), [])
         except (OSError, UnicodeDecodeError, csv.Error) as err:
             raise ValueError(f"{option} {str(path)!r} is not a readable CSV file: {err}") from None
-        if header != COLUMNS:
+        if found != list(header):
             raise ValueError(
-                f"{option} {str(path)!r} has other columns ({','.join(header)[:80]}) than eval writes "
-                f"({','.join(COLUMNS)}); choose a new file"
+                f"{option} {str(path)!r} has other columns ({','.join(found)[:80]}) than this evaluation writes "
+                f"({','.join(header)}); choose a new file"
             )
     return path
 
 
 def append_csv(path: str | Path, evaluation: Evaluation) -> None:
-    """Append one row (with a header if the file is new or empty) to a CSV of `COLUMNS`."""
-    path = check_csv(path)
+    """Append one row (with a header if the file is new or empty)."""
+    header = list(evaluation.row())
+    path = check_csv(path, header)
     path.parent.mkdir(parents=True, exist_ok=True)  # checked creatable before the work
     new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=header)
         if new:
             writer.writeheader()
         writer.writerow(evaluation.row())

@@ -104,3 +104,44 @@ def finish_grid(out_dir: Path, mine: list[tuple[int, list[int], np.ndarray]], pr
     path = out_dir / "grid.png"
     save_png(grid(pixels, ncol), path)
     return path
+
+
+@dataclass(frozen=True)
+class LatentDecoding:
+    """How a latent model's samples become the VAE's latents and images: the latent
+    statistics (the network works on (z - mean) / std) and, optionally, the VAE decoder."""
+
+    stats: tuple[Tensor, Tensor] | None
+    decoder: Any = None
+
+    def to_vae(self, x: Tensor) -> Tensor:
+        from .adapters.dit.checkpoint import denormalize
+
+        return denormalize(x, self.stats) if self.stats is not None else x
+
+    @torch.no_grad()
+    def images(self, x: Tensor) -> Tensor:
+        """Decoded images in [-1, 1] of a batch of samples (on the CPU)."""
+        if self.decoder is None:
+            raise ValueError("decoding latents to images needs --vae (and --latent-stats)")
+        device = next(self.decoder.parameters()).device
+        return self.decoder.decode(self.to_vae(x).to(device)).cpu()
+
+
+def load_latent_decoding(channels: int, stats_path: str | Path | None, vae_path: str | Path | None,
+                         device: str | torch.device = "cpu") -> LatentDecoding:
+    """The latent statistics and VAE decoder of a latent model making `channels`-channel
+    latents, loaded and checked before any sampling."""
+    from .adapters.dit.checkpoint import load_latent_stats
+
+    if vae_path is not None and stats_path is None:
+        raise ValueError("--vae needs --latent-stats: the network works on normalised latents, the VAE on its own")
+    stats = load_latent_stats(stats_path, channels) if stats_path is not None else None
+    decoder = None
+    if vae_path is not None:
+        from .adapters.dit.vae import load_vae_decoder
+
+        decoder = load_vae_decoder(vae_path, device=device)
+        if decoder.config.embed_dim != channels:
+            raise ValueError(f"--vae {vae_path} decodes {decoder.config.embed_dim}-channel latents; the model makes {channels}")
+    return LatentDecoding(stats, decoder)

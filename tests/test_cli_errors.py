@@ -89,7 +89,7 @@ def test_eval_appends_to_its_own_csv_in_a_new_folder(tmp_path):
         result = run("eval", "--model", "mnist-base", "--plan", "mnist-base-dpmpp2m-5", "--n", "2", "--batch", "2", "--csv", csv)
         assert result.exit_code == 0, result.output
     lines = csv.read_text().splitlines()
-    assert len(lines) == 3 and lines[0].startswith("model,plan,n,fd_mnist")
+    assert len(lines) == 3 and lines[0].startswith("model,plan,n,fd,accuracy")
 
 
 def test_tune_steps_checks_out_before_the_search(tmp_path, plan_file):

@@ -137,5 +137,5 @@ def test_transition_errors():
         Condition("area")
     with pytest.raises(ValueError, match="stage 3: unknown transition type 'warp'"):
         transition_from_dict({"type": "warp"}, 3)
-    with pytest.raises(ValueError, match="bad fields"):
+    with pytest.raises(ValueError, match="has no field"):
         transition_from_dict({"type": "condition", "bogus": 1})

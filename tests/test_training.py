@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -456,6 +457,7 @@ def test_bf16_autocast_trains(dataset_dir, tmp_path):
 WORKER = """
 import os
 import sys
+import time
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
@@ -608,6 +610,7 @@ import io
 import os
 import signal
 import sys
+import time
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
@@ -650,3 +653,108 @@ def test_kill_9_while_writing_a_checkpoint_then_resume(dataset_dir, tmp_path):
     whole = train(TinyCascade(seed=0), ImageDataset(dataset_dir), config(steps=6, checkpoint_every=2), tmp_path / "whole", progress=False)
     assert_same(params(resumed), params(whole))
     assert (run / "log.jsonl").read_text() == (tmp_path / "whole" / "log.jsonl").read_text()
+
+
+# -- TensorBoard logs (--log tensorboard) ---------------------------------------------------------------
+
+
+TENSORBOARD_TAGS = {"loss/total", "loss/level_0", "loss/level_1", "train/lr", "train/ema_beta", "train/ema_halflife_kimg",
+                    "train/images_per_sec"}
+
+
+def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in folder's event files, as TensorBoard shows them: (step, value) per tag."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def read_log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def float32(value: float) -> float:
+    return float(np.float32(value))
+
+
+def test_log_is_config_data_and_validated():
+    cfg = config(log="tensorboard")
+    assert TrainConfig.from_json(cfg.to_json()) == cfg and config().log == "jsonl"
+    with pytest.raises(ValueError, match="TrainConfig.log must be one of"):
+        config(log="wandb")
+    assert resume_conflicts(config().to_dict(), cfg) == []  # logging changes no result: a run may resume with another
+
+
+def test_tensorboard_scalars_match_the_jsonl_log(dataset_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    cfg = config(steps=6, log_every=2, lr_rampup_kimg=0.04, log="tensorboard")
+    train(TinyCascade(), ImageDataset(dataset_dir), cfg, tmp_path, progress=False)
+    log = read_log(tmp_path)
+    steps = [r["step"] for r in log]
+    assert steps == [2, 4, 6]
+    scalars = read_scalars(tmp_path / "tensorboard")
+    assert set(scalars) == TENSORBOARD_TAGS
+    for tag, values in scalars.items():
+        assert [s for s, _ in values] == steps, tag
+    assert [v for _, v in scalars["loss/total"]] == [float32(r["loss"]) for r in log]
+    for level in ("0", "1"):
+        assert [v for _, v in scalars[f"loss/level_{level}"]] == [float32(r["levels"][level]) for r in log]
+    # the learning rate ramps over 40 images (5 steps of 8); the EMA half-life is capped at 5% of the images seen before the step
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx([2e-3 * min(8 * s / 40, 1.0) for s in steps], rel=1e-6)
+    halflife = [min(50.0, 0.05 * 8 * (s - 1)) for s in steps]
+    assert [v for _, v in scalars["train/ema_halflife_kimg"]] == pytest.approx([h / 1000 for h in halflife], rel=1e-6)
+    assert [v for _, v in scalars["train/ema_beta"]] == pytest.approx([0.5 ** (8 / h) for h in halflife], rel=1e-6)
+    assert all(v > 0 for _, v in scalars["train/images_per_sec"])
+
+
+def test_a_resumed_run_appends_tensorboard_events_showing_each_step_once(dataset_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    data = ImageDataset(dataset_dir)
+    train(TinyCascade(seed=0), data, config(steps=8, log="tensorboard"), tmp_path / "whole", progress=False)
+    run = tmp_path / "split"
+    train(TinyCascade(seed=0), data, config(steps=6, checkpoint_every=4, log="tensorboard"), run, progress=False)
+    dict(list_checkpoints(run))[6].unlink()  # as if killed after logging steps 5 and 6, before saving them
+    started = int(time.time())
+    while int(time.time()) == started:  # event files are read in name order, which starts with the second they were made in
+        time.sleep(0.02)
+    train(TinyCascade(seed=0), data, config(steps=8, checkpoint_every=4, log="tensorboard"), run, progress=False)
+    assert len(list((run / "tensorboard").iterdir())) == 2
+    resumed, whole = read_scalars(run / "tensorboard"), read_scalars(tmp_path / "whole" / "tensorboard")
+    assert set(resumed) == set(whole) == TENSORBOARD_TAGS
+    for tag in ("loss/total", "loss/level_0", "loss/level_1", "train/lr", "train/ema_beta"):
+        assert resumed[tag] == whole[tag], tag
+    assert [v for _, v in resumed["loss/total"]] == [float32(r["loss"]) for r in read_log(run)]
+
+
+def test_tensorboard_without_the_package_is_one_line_before_any_file(dataset_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard now fails, as when not installed
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError) as info:
+        train(TinyCascade(), ImageDataset(dataset_dir), config(log="tensorboard"), out, progress=False)
+    message = str(info.value)
+    assert "pip install 'lowdiff-sched[tensorboard]'" in message and "\n" not in message, message
+    assert not out.exists()
+
+    from typer.testing import CliRunner
+
+    from lowdiff_sched.cli.app import app
+
+    result = CliRunner().invoke(app, ["train", "--init", "mnist-base", "--data", str(dataset_dir), "--out", str(out), "--log", "tensorboard"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "lowdiff-sched[tensorboard]" in lines[0], result.output
+    assert not out.exists()
+
+
+def test_cli_log_must_be_jsonl_or_tensorboard(dataset_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from lowdiff_sched.cli.app import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--init", "mnist-base", "--data", str(dataset_dir), "--out", str(out), "--log", "bogus"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "--log" in lines[0] and "bogus" in lines[0], result.output
+    assert not out.exists()

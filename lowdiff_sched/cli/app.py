@@ -106,7 +106,7 @@ def sample(
     with user_errors():
         from lowdiff_sched import presets
         from lowdiff_sched.devices import check_device
-        from lowdiff_sched.generate import SAMPLE_FILES
+        from lowdiff_sched.generate import SAMPLE_FILES, load_latent_decoding
         from lowdiff_sched.models import load_model, model_spec
         from lowdiff_sched.outputs import check_out_dir, claim_out_dir
         from lowdiff_sched.training.distributed import gather_objects, join_processes
@@ -124,8 +124,6 @@ def sample(
             given = [k for k, v in latent_options.items() if v is not None]
             if given:
                 raise UsageError(f"{', '.join(given)}: only for latent (DiT) models; {model} is an image model")
-        if vae is not None and latent_stats is None:
-            raise UsageError("--vae needs --latent-stats: the network works on normalised latents, the VAE on its own")
         cascade_plan = presets.load_plan(plan) if plan is not None else None
         label_list = parse_int_ranges(class_labels, "--class-labels") if class_labels is not None else None
         check_out_dir(out, "--out", overwrite)
@@ -145,12 +143,12 @@ def sample(
             extra = {k: v for k, v in (("cfg_scale", cfg_scale), ("cfg_interval_start", cfg_interval_start),
                                         ("cfg_channels", cfg_channels)) if v is not None}
             job = _SampleJob(cascade, cascade_plan, out, run_device, procs, extra, progress and procs.is_main)
-            decode = job.latent_decoding(latent_stats, vae) if spec.latent else None
+            decoding = load_latent_decoding(cascade.levels[-1].channels, latent_stats, vae, run_device) if spec.latent else None
             with claim_out_dir(out, SAMPLE_FILES, overwrite) if procs.is_main else nullcontext(out):
                 gather_objects(None, procs)  # the other ranks write only once rank 0 holds the folder
                 started = time.perf_counter()
                 if spec.latent:
-                    written = job.latents(seed_list, labels, batch, *decode)  # type: ignore[misc]
+                    written = job.latents(seed_list, labels, batch, decoding)
                 else:
                     ncol = len(label_list) if label_list and len(label_list) <= 16 else None
                     written = job.pixels(seed_list, labels, batch, spec.value_range, ncol)
@@ -190,35 +188,15 @@ class _SampleJob:
         written = finish_pixels(self.out, list(self._batches(seeds, labels, batch)), self.procs, value_range, ncol)
         return f"{len(seeds)} PNGs, {written['grid'].name} and {written['npz'].name}" if written else ""
 
-    def latent_decoding(self, stats_path: Optional[Path], vae_path: Optional[Path]):  # type: ignore[no-untyped-def]
-        """The latent statistics and VAE decoder, loaded and checked before any file is written."""
-        from lowdiff_sched.adapters.dit.checkpoint import load_latent_stats
-
-        channels = self.cascade.levels[-1].channels
-        stats = load_latent_stats(stats_path, channels) if stats_path is not None else None
-        decoder = None
-        if vae_path is not None:
-            from lowdiff_sched.adapters.dit.vae import load_vae_decoder
-
-            decoder = load_vae_decoder(vae_path, device=self.device)
-            if decoder.config.embed_dim != channels:
-                raise UsageError(f"--vae {vae_path} decodes {decoder.config.embed_dim}-channel latents; the model makes {channels}")
-        return stats, decoder
-
-    def latents(self, seeds: list[int], labels: Optional[list[int]], batch: int, stats, decoder) -> str:  # type: ignore[no-untyped-def]
-        import torch
-
-        from lowdiff_sched.adapters.dit.checkpoint import denormalize
+    def latents(self, seeds: list[int], labels: Optional[list[int]], batch: int, decoding) -> str:  # type: ignore[no-untyped-def]
         from lowdiff_sched.generate import GRID_MAX, finish_grid, write_images, write_latents
 
         shown = []
+        decoder = decoding.decoder
         for b, x in self._batches(seeds, labels, batch):
-            z = denormalize(x, stats) if stats is not None else x
-            write_latents(self.out, b, z, "vae" if stats is not None else "model")
+            write_latents(self.out, b, decoding.to_vae(x), "vae" if decoding.stats is not None else "model")
             if decoder is not None:
-                with torch.no_grad():
-                    images = decoder.decode(z.to(self.device)).cpu()
-                pixels = write_images(self.out, b, images)
+                pixels = write_images(self.out, b, decoding.images(x))
                 if b.index * batch < GRID_MAX:
                     shown.append((b.index, b.seeds, pixels))
         grid_path = finish_grid(self.out, shown, self.procs, None) if decoder is not None else None
@@ -256,7 +234,7 @@ def parse_levels(text: str) -> list[int]:
 TRAIN_DEFAULTS = {
     "levels": None, "out": "runs/lowdiff", "batch": 64, "steps": 1000, "lr": 1e-3, "ema": 500.0,
     "loss": None, "checkpoint_every": 500, "seed": 0, "mixed_precision": "no", "method": "lowdiff",
-    "model": None, "latent_stats": None,
+    "model": None, "latent_stats": None, "log": "jsonl",
 }
 TRAIN_CONFIG_KEYS = {"init", "data", "train", *TRAIN_DEFAULTS}
 
@@ -352,6 +330,10 @@ def train(
         "network per lower level, trained on the original's own predictions; sample with a Continue plan). [lowdiff]"
     ),
     progress: bool = typer.Option(True, help="Show a progress bar with the loss per level."),
+    log: Optional[str] = typer.Option(
+        None, help="jsonl (log.jsonl) or tensorboard: log.jsonl and TensorBoard scalars in OUT/tensorboard "
+        "(pip install 'lowdiff-sched\\[tensorboard]'). \\[jsonl]"  # \[: a bracket, not rich markup
+    ),
 ) -> None:
     """Retrofit an EDM network with LowDiff (LowDiffUNet.from_edm) and fine-tune it with the multi-resolution loss.
 
@@ -371,17 +353,23 @@ def train(
         from lowdiff_sched.training import ImageDataset, TrainConfig
         from lowdiff_sched.runs import MODEL_SPEC, spec_of
         from lowdiff_sched.training import train as run_training
+        from lowdiff_sched.training.config import LOGS
+        from lowdiff_sched.training.tensorboard_log import summary_writer_class
 
         file = read_train_config(config)
         given = dict(init=init, data=data, levels=levels, out=out, batch=batch, steps=steps, lr=lr, ema=ema, loss=loss,
                      checkpoint_every=checkpoint_every, seed=seed, mixed_precision=mixed_precision, method=method,
-                     model=model, latent_stats=latent_stats)
+                     model=model, latent_stats=latent_stats, log=log)
         opt = {k: v if v is not None else file.get(k, TRAIN_DEFAULTS.get(k)) for k, v in given.items()}
         for key in ("init", "data") if opt["model"] is None else ("data",):
             if opt[key] is None:
                 raise UsageError(f"--{key} is required (on the command line or in --config)")
         if opt["model"] is None and opt["latent_stats"] is not None:
             raise UsageError("--latent-stats is for latent (DiT) training, with --model")
+        if opt["log"] not in LOGS:
+            raise UsageError(f"--log: {opt['log']!r} is not one of {', '.join(LOGS)}")
+        if opt["log"] == "tensorboard":
+            summary_writer_class()  # without the package, fail before loading or writing anything
         level_list = None
         if opt["levels"] is not None:
             level_list = opt["levels"] if isinstance(opt["levels"], list) else parse_levels(str(opt["levels"]))
@@ -410,7 +398,7 @@ def train(
             "checkpoint_every": opt["checkpoint_every"], "seed": opt["seed"],
             "mixed_precision": opt["mixed_precision"], "label_dim": label_dim,
             "alternate_levels": opt["method"] == "c2f" and len(cascade.levels) > 1,
-            "distill": opt["method"] == "distill",
+            "distill": opt["method"] == "distill", "log": opt["log"],
         })
         spec = spec_of(cascade)
         out_dir = ensure_writable_dir(Path(opt["out"]))
@@ -498,43 +486,148 @@ def _dit_info(model) -> None:  # type: ignore[no-untyped-def]
 
 @app.command("eval")
 def eval_command(
-    model: str = typer.Option("mnist-lowdiff", help="A 10-class MNIST model: mnist-lowdiff, mnist-base, or a training run."),
-    plan: str = typer.Option("mnist-3stage", help="Preset name or plan JSON file."),
-    n: int = typer.Option(2000, help="Digits to generate (one per seed; seed s gets class s mod 10)."),
+    model: str = typer.Option("mnist-lowdiff", help="Registered model name or training run."),
+    plan: Optional[str] = typer.Option(None, help="Preset name or plan JSON file. [the model's default plan]"),
+    n: int = typer.Option(2000, help="Images to generate, one per seed (a class-conditional model's seed s gets class s mod the class count)."),
     seed_start: int = typer.Option(0, "--seed-start", help="First seed; seeds are seed-start .. seed-start + n - 1."),
     batch: int = typer.Option(64, help="Samples per batch (timed per 64 samples)."),
+    ref: Optional[Path] = typer.Option(None, help="Reference Inception statistics (.npz with mu, sigma; see ref-stats): report FID, IS, and KID and precision/recall when it holds features. [the model's own judge]"),
+    inception_weights: Optional[Path] = typer.Option(None, help="With --ref: torch-fidelity's InceptionV3 weights file. [$LOWDIFF_INCEPTION_WEIGHTS]"),
+    ckpt: Optional[Path] = typer.Option(None, help="Latent (DiT) models: the checkpoint to evaluate."),
+    latent_stats: Optional[Path] = typer.Option(None, help="Latent models: latents_stats.pt."),
+    vae: Optional[Path] = typer.Option(None, help="Latent models: the VAE decoder the images are scored through."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Append the result as a row to this CSV file."),
-    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON to this file."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda (under torchrun: cuda means cuda:LOCAL_RANK)."),
+    progress: bool = typer.Option(True, help="Show a progress bar with an ETA."),
 ) -> None:
-    """FD-MNIST, class accuracy, seconds per 64 samples, NFE and effective NFE of a model under a plan.
+    """Quality and cost of a model under a plan: the model's own metrics (FD-MNIST and class
+    accuracy for the MNIST models, the exact FD for gaussian-field) or, with --ref, FID, IS,
+    KID and precision/recall; seconds per 64 samples, NFE and effective NFE.
 
     Example: lowdiff-sched eval --model mnist-lowdiff --plan mnist-3stage --n 2000 --csv results.csv
+
+    FID: lowdiff-sched eval --model runs/c10 --plan cifar10-3stage --ref cifar10-stats.npz --inception-weights weights-inception-2015-12-05-6726825d.pth --n 50000
+
+    Several processes: torchrun --nproc-per-node 4 -m lowdiff_sched.cli eval ... (seeds are split over them)
     """
     with user_errors():
-        import torch
-
         from lowdiff_sched import presets
         from lowdiff_sched.devices import check_device
-        from lowdiff_sched.evaluate import append_csv, check_csv, evaluate
-        from lowdiff_sched.models import load_model
+        from lowdiff_sched.evaluate import append_csv, check_csv, columns, evaluate
+        from lowdiff_sched.generate import load_latent_decoding
+        from lowdiff_sched.inception import InceptionJudge, ReferenceStats, load_inception, weights_path
+        from lowdiff_sched.models import load_model, model_spec
+        from lowdiff_sched.outputs import atomic_path, check_new_file
+        from lowdiff_sched.training.distributed import join_processes
 
-        if csv_out is not None:
-            check_csv(csv_out, "--csv")
-        check_device(device)
         if n < 2:
             raise UsageError(f"--n must be at least 2, got {n}")
         if seed_start < 0:
             raise UsageError(f"--seed-start must be non-negative, got {seed_start}")
         if batch < 1:
             raise UsageError(f"--batch must be a positive int, got {batch}")
-        cascade_plan = presets.load_plan(plan)
-        cascade = load_model(model, device=device)
-        with torch.no_grad():
-            result = evaluate(cascade, cascade_plan, seeds=range(seed_start, seed_start + n), batch=batch, model_name=model, device=device)
+        spec = model_spec(model)
+        given = [k for k, v in {"--ckpt": ckpt, "--latent-stats": latent_stats, "--vae": vae}.items() if v is not None]
+        if given and not spec.latent:
+            raise UsageError(f"{', '.join(given)}: only for latent (DiT) models; {model} is an image model")
+        if spec.latent and ref is None:
+            raise UsageError(f"--ref is required for latent model {model}: its images are scored by Inception statistics")
+        if spec.latent and vae is None:
+            raise UsageError(f"--vae is required for latent model {model}: the images to score are the VAE's")
+        if inception_weights is not None and ref is None:
+            raise UsageError("--inception-weights is for --ref (FID and the other Inception metrics)")
+        reference = ReferenceStats.load(ref) if ref is not None else None
+        if reference is not None:
+            weights_path(inception_weights)  # a missing file is found before any model is loaded
+        if json_out is not None:
+            check_new_file(json_out, "--json")
+        cascade_plan = presets.load_plan(plan) if plan is not None else None
+        procs = join_processes(check_device(device))
+        try:
+            run_device = f"cuda:{procs.local_rank}" if device == "cuda" and procs.active else device
+            cascade = load_model(model, device=run_device, **({"ckpt": ckpt} if ckpt is not None else {}))
+            plan_name = plan if plan is not None else spec.plan_for(cascade)
+            if not plan_name:
+                raise UsageError(f"--plan is required for model {model} (it has no default plan)")
+            cascade_plan = cascade_plan or presets.load_plan(plan_name)
+            try:
+                spec.check_plan(cascade, cascade_plan, str(ckpt or model))
+            except ValueError as err:
+                raise UsageError(f"--plan {plan_name}: {err}") from None
+            decoding = load_latent_decoding(cascade.levels[-1].channels, latent_stats, vae, run_device) if spec.latent else None
+            if reference is not None:
+                judge = InceptionJudge(reference, load_inception(inception_weights, run_device), spec.value_range)
+                judge.check_count(n)
+                if not spec.latent:
+                    judge.check_size(cascade.levels[-1].size)
+            elif spec.judge is not None:
+                judge = spec.judge(cascade)
+            else:
+                raise UsageError(f"--ref is required for model {model} (it has no judge of its own); make one with: lowdiff-sched ref-stats DATA --out STATS.npz")
+            if csv_out is not None:
+                check_csv(csv_out, columns(list(judge.lower_is_better)))
+            result = evaluate(
+                cascade, cascade_plan, seeds=range(seed_start, seed_start + n), batch=batch, judge=judge,
+                decode=decoding.images if decoding is not None else None, model_name=model, device=run_device,
+                procs=procs, progress=progress,
+            )
+        finally:
+            procs.close()
+        if result is None:  # not rank 0
+            return
         typer.echo(result.summary())
+        if json_out is not None:
+            with atomic_path(json_out) as tmp:
+                tmp.write_text(result.to_json())
+            typer.echo(f"wrote {json_out}")
         if csv_out is not None:
             append_csv(csv_out, result)
             typer.echo(f"appended a row to {csv_out}")
+
+
+@app.command("ref-stats")
+def ref_stats(
+    data: str = typer.Argument(..., help="Images: an EDM dataset (folder or zip of PNGs) or a named one (mnist, mnist:train)."),
+    out: Path = typer.Option(..., help="Where to write the statistics (.npz: mu, sigma, size; features with --keep-features)."),
+    inception_weights: Optional[Path] = typer.Option(None, help="torch-fidelity's InceptionV3 weights file. [$LOWDIFF_INCEPTION_WEIGHTS]"),
+    keep_features: bool = typer.Option(False, help="Also store every image's features (4 bytes x 2048 each): eval then reports KID and precision/recall."),
+    n: Optional[int] = typer.Option(None, help="Use the first N images only. [all]"),
+    batch: int = typer.Option(64, help="Images per batch."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Inception statistics of a dataset, the reference `eval --ref` scores samples against
+    (EDM's fid.py ref format: mu and sigma of the 2048 pool3 features).
+
+    Example: lowdiff-sched ref-stats cifar10-32x32.zip --out cifar10-stats.npz --inception-weights weights-inception-2015-12-05-6726825d.pth
+    """
+    with user_errors():
+        import torch
+
+        from lowdiff_sched.datasets import dataset as named_dataset
+        from lowdiff_sched.datasets import is_named
+        from lowdiff_sched.devices import check_device
+        from lowdiff_sched.inception import load_inception, reference_stats, weights_path
+        from lowdiff_sched.outputs import check_new_file
+        from lowdiff_sched.training import ImageDataset
+
+        check_new_file(out, "--out")
+        weights_path(inception_weights)
+        check_device(device)
+        if batch < 1:
+            raise UsageError(f"--batch must be a positive int, got {batch}")
+        if n is not None and n < 2:
+            raise UsageError(f"--n must be at least 2, got {n}")
+        images = named_dataset(data) if is_named(data) else ImageDataset(data)
+        if n is not None:
+            images = torch.utils.data.Subset(images, range(min(n, len(images))))
+        loader = torch.utils.data.DataLoader(images, batch_size=batch, shuffle=False)
+        stats = reference_stats(load_inception(inception_weights, device), (x for x, _ in loader),
+                                keep_features=keep_features, progress=progress)
+        stats.save(out)
+        h, w = stats.size  # type: ignore[misc]
+        typer.echo(f"wrote {out}: Inception statistics of {len(images)} {h}x{w} images" + (" with their features" if keep_features else ""))
 
 
 @app.command("tune-steps")

@@ -9,8 +9,9 @@ from typing import Any
 from .losses import LOSSES, make_loss
 
 PRECISIONS = ("no", "bf16")
+LOGS = ("jsonl", "tensorboard")
 # Fields a resumed run may change without changing the result of the steps already taken.
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "log_every", "workers"})
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "log_every", "log", "workers"})
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,10 @@ class TrainConfig:
     `LevelStack` on the top level's predictions (`distill_loss`) instead of on the data.
     `loss_kwargs` override the loss's hyper-parameters (e.g. {"P_mean": 0.5} for EDM's).
     Checkpoints are written every `checkpoint_every` steps (0: only at the end), and the
-    newest `keep_checkpoints` are kept.
+    newest `keep_checkpoints` are kept. Every `log_every` steps the mean losses go to log.jsonl;
+    `log="tensorboard"` also writes TensorBoard scalars to out_dir/tensorboard (total and
+    per-level loss, learning rate, EMA decay and half-life, images per second), which needs
+    the tensorboard package (the `tensorboard` extra).
     """
 
     steps: int
@@ -44,6 +48,7 @@ class TrainConfig:
     label_dim: int = 0
     levels: list[int] | None = None
     log_every: int = 50
+    log: str = "jsonl"
     workers: int = 0
     alternate_levels: bool = False
     distill: bool = False
@@ -77,6 +82,8 @@ class TrainConfig:
             make_loss(self.loss, **self.loss_kwargs)  # unknown names and bad values fail here, not at step 0
         if self.mixed_precision not in PRECISIONS:
             raise bad("mixed_precision", f"one of {PRECISIONS}")
+        if self.log not in LOGS:
+            raise bad("log", f"one of {LOGS}")
         if self.loss not in LOSSES:
             raise bad("loss", f"one of {sorted(LOSSES)}")
         if self.levels is not None:

@@ -6,13 +6,18 @@ import torch
 from torch import nn
 
 
-def ema_beta(images_seen: int, batch: int, halflife_kimg: float, rampup_ratio: float | None) -> float:
-    """Decay for one step of `batch` images: 0.5 ** (batch / halflife), the half-life capped
-    at rampup_ratio * images_seen early in training (EDM training_loop)."""
+def ema_halflife(images_seen: int, halflife_kimg: float, rampup_ratio: float | None) -> float:
+    """The half-life in images in effect: halflife_kimg thousand, capped at rampup_ratio *
+    images_seen early in training (EDM training_loop)."""
     halflife = halflife_kimg * 1000
     if rampup_ratio is not None:
         halflife = min(halflife, images_seen * rampup_ratio)
-    return 0.5 ** (batch / max(halflife, 1e-8))
+    return halflife
+
+
+def ema_beta(images_seen: int, batch: int, halflife_kimg: float, rampup_ratio: float | None) -> float:
+    """Decay for one step of `batch` images: 0.5 ** (batch / halflife), with `ema_halflife`'s."""
+    return 0.5 ** (batch / max(ema_halflife(images_seen, halflife_kimg, rampup_ratio), 1e-8))
 
 
 @torch.no_grad()

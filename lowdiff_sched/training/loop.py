@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,10 +22,11 @@ from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_tempora
 from .config import TrainConfig, resume_conflicts
 from .data import one_hot
 from .distributed import Processes, average_gradients, broadcast_parameters, default_device, join_processes, sum_over_ranks
-from .ema import ema_beta, update_ema
+from .ema import ema_beta, ema_halflife, update_ema
 from .interrupt import DeferredInterrupt
 from .losses import distill_loss, draw_multires_noise, make_loss, multires_loss, trained_level_ids
 from .seeds import LOSS_NOISE, MODEL_RNG, derive_seed
+from .tensorboard_log import open_writer, summary_writer_class
 
 __all__ = ["TrainConfig", "train"]
 
@@ -63,11 +65,14 @@ def train(
     so resuming needs no saved RNG state and the data and loss noise do not depend on the
     number of processes. Resuming under torchrun
     reads the checkpoint on every rank: out_dir must be on a file system they share.
+    With config.log="tensorboard", rank 0 also writes TensorBoard scalars to out_dir/tensorboard.
     """
     if not isinstance(model, nn.Module) or not isinstance(model, ResolutionCascade):
         raise ValueError(f"model must be a torch.nn.Module implementing ResolutionCascade, got {type(model).__name__}")
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if config.log == "tensorboard":
+        summary_writer_class()  # without the package, fail before any work or file
     device = torch.device(device) if device is not None else default_device()
     _check_dataset(model, dataset, config)
     trained_level_ids(model.levels, config.levels, config.distill)
@@ -115,6 +120,7 @@ class _Run:
         self.step = 0
         self.saved_step: int | None = None
         self.ema: nn.Module
+        self.step_scalars: dict[str, float] = {}  # the last update's learning rate and EMA, for the log
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -211,7 +217,10 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * ramp
         self.optimizer.step()
-        update_ema(self.ema, self.model, ema_beta(seen, cfg.batch, cfg.ema_halflife_kimg, cfg.ema_rampup_ratio))
+        beta = ema_beta(seen, cfg.batch, cfg.ema_halflife_kimg, cfg.ema_rampup_ratio)
+        update_ema(self.ema, self.model, beta)
+        self.step_scalars = {"train/lr": cfg.lr * ramp, "train/ema_beta": beta,
+                             "train/ema_halflife_kimg": ema_halflife(seen, cfg.ema_halflife_kimg, cfg.ema_rampup_ratio) / 1000}
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -224,7 +233,8 @@ class _Run:
         sampler = StepBatches(len(self.dataset), cfg.batch, cfg.seed, start=self.step, stop=cfg.steps, rank=self.procs.rank, world=self.procs.world)
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate)
         levels = self.level_ids
-        log = _LossLog(self.out_dir / LOG_FILE, levels, cfg.steps, self.step, show=progress and self.procs.is_main, write=self.procs.is_main)
+        log = _LossLog(self.out_dir / LOG_FILE, levels, cfg.steps, self.step, batch=cfg.batch, show=progress and self.procs.is_main,
+                       write=self.procs.is_main, tensorboard=cfg.log == "tensorboard")
         phase = "compute"
         try:
             with DeferredInterrupt() as interrupt:
@@ -235,7 +245,8 @@ class _Run:
                     self.step += 1
                     phase = "compute"
                     stop_and_losses = sum_over_ranks(torch.cat([losses.new_tensor([float(interrupt.requested)]), losses]), self.procs)
-                    log.add(self.step, stop_and_losses[1:] / self.procs.world, flush=self.step % cfg.log_every == 0 or self.step == cfg.steps)
+                    log.add(self.step, stop_and_losses[1:] / self.procs.world, flush=self.step % cfg.log_every == 0 or self.step == cfg.steps,
+                            scalars=self.step_scalars)
                     if stop_and_losses[0] > 0:
                         raise KeyboardInterrupt
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
@@ -279,13 +290,18 @@ def _forget_log_after(path: Path, step: int) -> None:
 
 
 class _LossLog:
-    """Per-level losses averaged over each logging window: a tqdm bar and log.jsonl (rank 0)."""
+    """Per-level losses averaged over each logging window: a tqdm bar and log.jsonl (rank 0),
+    and with `tensorboard` the same losses, the step's other scalars and the window's images
+    per second as TensorBoard scalars (rank 0), at the optimizer step."""
 
-    def __init__(self, path: Path, levels: list[int], total: int, initial: int, *, show: bool, write: bool) -> None:
-        self.path, self.levels, self.write = path, levels, write
+    def __init__(self, path: Path, levels: list[int], total: int, initial: int, *, batch: int, show: bool, write: bool,
+                 tensorboard: bool = False) -> None:
+        self.path, self.levels, self.write, self.batch = path, levels, write, batch
         self.sum: Tensor | None = None
         self.count: Tensor | int = 0
         self.bar = None
+        self.writer = open_writer(path.parent, initial) if tensorboard and write else None
+        self.window_start, self.window_steps = time.perf_counter(), 0
         if show:
             try:
                 from tqdm.auto import tqdm
@@ -294,8 +310,10 @@ class _LossLog:
             if tqdm is not None:
                 self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
-    def add(self, step: int, losses: Tensor, *, flush: bool) -> None:
-        """Add one step's per-level losses (NaN for a level the step did not train)."""
+    def add(self, step: int, losses: Tensor, *, flush: bool, scalars: dict[str, float] | None = None) -> None:
+        """Add one step's per-level losses (NaN for a level the step did not train); `scalars`
+        (e.g. the learning rate) go to TensorBoard as they are at a flush."""
+        self.window_steps += 1
         losses = losses.detach().double()
         seen = (~losses.isnan()).double()
         self.sum = losses.nan_to_num(0.0) if self.sum is None else self.sum + losses.nan_to_num(0.0)
@@ -308,10 +326,20 @@ class _LossLog:
             per_level = {str(i): m for i, m in zip(self.levels, means) if m == m}
             if self.bar is not None:
                 self.bar.set_postfix({f"L{i}": f"{m:.4g}" for i, m in per_level.items()}, refresh=False)
+            total = math.fsum(per_level.values())
             if self.write:
-                record = {"step": step, "loss": math.fsum(per_level.values()), "levels": per_level}
+                record = {"step": step, "loss": total, "levels": per_level}
                 with open(self.path, "a") as f:
                     f.write(json.dumps(record) + "\n")
+            if self.writer is not None:
+                now = time.perf_counter()
+                speed = self.window_steps * self.batch / max(now - self.window_start, 1e-9)
+                values = {"loss/total": total, **{f"loss/level_{i}": m for i, m in per_level.items()}, **(scalars or {}),
+                          "train/images_per_sec": speed}
+                for tag, value in values.items():
+                    self.writer.add_scalar(tag, value, step)
+                self.writer.flush()  # readable while training, and nothing lost to a kill
+            self.window_start, self.window_steps = time.perf_counter(), 0
 
     def message(self, text: str) -> None:
         if self.write:
@@ -321,3 +349,6 @@ class _LossLog:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
