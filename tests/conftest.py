@@ -46,3 +46,20 @@ class IidCascade:
 @pytest.fixture
 def iid_cascade() -> IidCascade:
     return IidCascade()
+
+
+@pytest.fixture(scope="session")
+def random_inception_weights(tmp_path_factory):
+    """torch-fidelity's InceptionV3, randomly initialised (seeded), saved as a weights file:
+    the real weights' stand-in, so the FID pipeline runs without them."""
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    with mock.patch.object(fe, "load_state_dict_from_url", return_value=None), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict"), torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), path)
+    return path

@@ -255,3 +255,22 @@ def test_info_counts_a_preset_without_weights():
     assert result.exit_code == 0, result.output
     assert "130,556,192 parameters" in result.output and "8x8x32, 16x16x32 latents" in result.output
     assert "retrofit   +" in result.output and "LowDiffDiT" in result.output
+
+
+def test_eval_scores_a_latent_model_through_its_vae(files, tmp_path, random_inception_weights):
+    import json
+
+    import numpy as np
+
+    from lowdiff_sched.inception import ReferenceStats
+
+    ReferenceStats(np.zeros(2048), np.eye(2048)).save(tmp_path / "ref.npz")  # size unknown: any images
+    common = ["eval", "--model", "dit-s1", "--ckpt", str(files / "lowdiff-s1.pt"), "--plan", str(files / "two.json"),
+              "--ref", str(tmp_path / "ref.npz"), "--inception-weights", str(random_inception_weights), "--n", "4", "--batch", "2"]
+    result = runner.invoke(app, [*common, "--latent-stats", str(files / "latents_stats.pt"), "--vae", str(files / "vae.pt"),
+                                 "--json", str(tmp_path / "r.json"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n"] == 4 and report["nfe"] == 6 and np.isfinite(report["fid"]) and report["is"] >= 1.0 - 1e-9
+    refused = runner.invoke(app, common)
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1 and "--vae is required" in refused.stderr

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -25,17 +24,8 @@ MNIST = ["--model", "mnist-base", "--plan", "mnist-base-dpmpp2m-5"]
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """torch-fidelity's InceptionV3, randomly initialised (seeded), saved as a weights file."""
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
-
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    with mock.patch.object(fe, "load_state_dict_from_url", return_value=None), \
-            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict"), torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    torch.save(net.state_dict(), path)
-    return path
+def weights(random_inception_weights) -> Path:
+    return random_inception_weights
 
 
 @pytest.fixture(scope="module")
