@@ -79,6 +79,27 @@ def load_model(name: str, device: str | torch.device = "cpu", **options: Any) ->
     return model_spec(name).build(device=torch.device(device), **options)
 
 
+def load_for_plan(
+    name: str, plan: str | None, device: str | torch.device = "cpu", ckpt: str | Path | None = None
+) -> tuple[ResolutionCascade, CascadePlan]:
+    """Model `name` on `device` and the plan to run it with: `plan` (a preset name or a plan
+    file), else the model's default for what was loaded; checked against each other, with
+    errors that name --plan."""
+    from .presets import load_plan
+
+    spec = model_spec(name)
+    cascade = load_model(name, device=device, **({"ckpt": ckpt} if ckpt is not None else {}))
+    label = plan if plan is not None else spec.plan_for(cascade)
+    if not label:
+        raise ValueError(f"--plan is required for model {name} (it has no default plan)")
+    cascade_plan = load_plan(label)
+    try:
+        spec.check_plan(cascade, cascade_plan, str(ckpt or name))
+    except ValueError as err:
+        raise ValueError(f"--plan {label}: {err}") from None
+    return cascade, cascade_plan
+
+
 def _trained_run(path: str) -> Callable[..., ResolutionCascade]:
     def build(device: torch.device, **options: Any) -> ResolutionCascade:
         from .runs import load_run

@@ -107,7 +107,7 @@ def sample(
         from lowdiff_sched import presets
         from lowdiff_sched.devices import check_device
         from lowdiff_sched.generate import SAMPLE_FILES, load_latent_decoding
-        from lowdiff_sched.models import load_model, model_spec
+        from lowdiff_sched.models import load_for_plan, model_spec
         from lowdiff_sched.outputs import check_out_dir, claim_out_dir
         from lowdiff_sched.training.distributed import gather_objects, join_processes
 
@@ -124,21 +124,14 @@ def sample(
             given = [k for k, v in latent_options.items() if v is not None]
             if given:
                 raise UsageError(f"{', '.join(given)}: only for latent (DiT) models; {model} is an image model")
-        cascade_plan = presets.load_plan(plan) if plan is not None else None
+        if plan is not None:
+            presets.load_plan(plan)  # a bad plan file is found before the model is loaded
         label_list = parse_int_ranges(class_labels, "--class-labels") if class_labels is not None else None
         check_out_dir(out, "--out", overwrite)
         procs = join_processes(check_device(device))
         try:
-            run_device = f"cuda:{procs.local_rank}" if device == "cuda" and procs.active else device
-            cascade = load_model(model, device=run_device, **({"ckpt": ckpt} if ckpt is not None else {}))
-            plan_name = plan if plan is not None else spec.plan_for(cascade)
-            if not plan_name:
-                raise UsageError(f"--plan is required for model {model} (it has no default plan)")
-            cascade_plan = cascade_plan or presets.load_plan(plan_name)
-            try:
-                spec.check_plan(cascade, cascade_plan, str(ckpt or model))
-            except ValueError as err:
-                raise UsageError(f"--plan {plan_name}: {err}") from None
+            run_device = procs.device(device)
+            cascade, cascade_plan = load_for_plan(model, plan, run_device, ckpt)
             labels = _labels(cascade, model, seed_list, label_list)
             extra = {k: v for k, v in (("cfg_scale", cfg_scale), ("cfg_interval_start", cfg_interval_start),
                                         ("cfg_channels", cfg_channels)) if v is not None}
@@ -158,7 +151,7 @@ def sample(
         if procs.is_main:
             where = f" on {procs.world} processes" if procs.active else ""
             typer.echo(
-                f"{len(seed_list)} samples of {model} with plan {cascade_plan.name or plan_name} "
+                f"{len(seed_list)} samples of {model} with plan {cascade_plan.name or plan} "
                 f"(NFE {'+'.join(map(str, cascade_plan.nfe()))}) in {seconds:.2f} s{where}"
             )
             typer.echo(f"wrote {written} to {out}/")
@@ -517,7 +510,7 @@ def eval_command(
         from lowdiff_sched.evaluate import append_csv, check_csv, columns, evaluate
         from lowdiff_sched.generate import load_latent_decoding
         from lowdiff_sched.inception import InceptionJudge, ReferenceStats, load_inception, weights_path
-        from lowdiff_sched.models import load_model, model_spec
+        from lowdiff_sched.models import load_for_plan, model_spec
         from lowdiff_sched.outputs import atomic_path, check_new_file
         from lowdiff_sched.training.distributed import join_processes
 
@@ -542,19 +535,12 @@ def eval_command(
             weights_path(inception_weights)  # a missing file is found before any model is loaded
         if json_out is not None:
             check_new_file(json_out, "--json")
-        cascade_plan = presets.load_plan(plan) if plan is not None else None
+        if plan is not None:
+            presets.load_plan(plan)  # a bad plan file is found before the model is loaded
         procs = join_processes(check_device(device))
         try:
-            run_device = f"cuda:{procs.local_rank}" if device == "cuda" and procs.active else device
-            cascade = load_model(model, device=run_device, **({"ckpt": ckpt} if ckpt is not None else {}))
-            plan_name = plan if plan is not None else spec.plan_for(cascade)
-            if not plan_name:
-                raise UsageError(f"--plan is required for model {model} (it has no default plan)")
-            cascade_plan = cascade_plan or presets.load_plan(plan_name)
-            try:
-                spec.check_plan(cascade, cascade_plan, str(ckpt or model))
-            except ValueError as err:
-                raise UsageError(f"--plan {plan_name}: {err}") from None
+            run_device = procs.device(device)
+            cascade, cascade_plan = load_for_plan(model, plan, run_device, ckpt)
             decoding = load_latent_decoding(cascade.levels[-1].channels, latent_stats, vae, run_device) if spec.latent else None
             if reference is not None:
                 judge = InceptionJudge(reference, load_inception(inception_weights, run_device), spec.value_range)

@@ -35,6 +35,10 @@ class Processes:
     def active(self) -> bool:
         return self.world > 1
 
+    def device(self, name: str) -> str:
+        """The device this process computes on: under torchrun "cuda" means cuda:LOCAL_RANK."""
+        return f"cuda:{self.local_rank}" if name == "cuda" and self.active else name
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
