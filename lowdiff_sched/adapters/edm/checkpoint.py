@@ -451,20 +451,13 @@ def _load_own(path: Path, key: str, table: Mapping[str, type]) -> nn.Module:
 def _build(
     table: Mapping[str, type], class_name: str, args: tuple, kwargs: dict[str, Any], state: dict[str, Any], where: str
 ) -> nn.Module:
-    from .networks import NETWORK_CLASSES, check_init_kwargs
+    from .networks import build_checked
 
     kwargs = _as_kwargs(table[class_name], tuple(args), dict(kwargs), where)
-    if table[class_name] is NETWORK_CLASSES.get(class_name):
-        try:
-            check_init_kwargs(class_name, kwargs)
-        except ValueError as exc:
-            raise CheckpointError(f"{where}: init arguments of {class_name}: {exc}") from None
     try:
-        net = table[class_name](**kwargs)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{where}: cannot build {class_name} from the file's init arguments ({type(exc).__name__}: {_first_line(exc)})"
-        ) from None
+        net = build_checked(table[class_name], kwargs, f"{where}: the file's init arguments of {class_name}")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{where}: state entries that are not tensors: {bad[:5]}")

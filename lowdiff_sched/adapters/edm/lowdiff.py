@@ -20,12 +20,11 @@ from torch.nn.functional import silu
 
 from ...kernels import upsample_concat
 from ...protocol import Level, check_level_input, level_one_hot
-from ...errors import first_line
 from ...resample import UPSAMPLE_MODES
 from .c2f import C2FUNet
 from .stack import LevelStack
 from .inputs import check_retrofit, label_rows
-from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution, check_init_kwargs
+from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution, build_checked
 
 
 class LowDiffUNet(nn.Module):
@@ -231,14 +230,7 @@ def build_network(class_name: str, init_kwargs: dict[str, Any]) -> nn.Module:
     if not isinstance(init_kwargs, dict):
         raise ValueError(f"init_kwargs of {class_name} must be a JSON object, got {type(init_kwargs).__name__}")
     kwargs = json.loads(json.dumps(init_kwargs))  # a plain copy, as it will be written
-    try:
-        check_init_kwargs(class_name, kwargs)
-    except ValueError as err:
-        raise ValueError(f"init_kwargs of {class_name}: {err}") from None
-    try:
-        net = NETWORK_CLASSES[class_name](**kwargs)
-    except (TypeError, RuntimeError) as err:
-        raise ValueError(f"cannot build {class_name} from init_kwargs: {first_line(err)}") from None
+    net = build_checked(NETWORK_CLASSES[class_name], kwargs, f"init_kwargs of {class_name}")
     net.init_kwargs = kwargs
     return net
 

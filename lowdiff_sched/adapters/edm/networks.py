@@ -42,6 +42,7 @@ __all__ = [
     "UNET_CONFIGS",
     "DATASET_CONFIGS",
     "check_init_kwargs",
+    "build_checked",
 ]
 
 # mode -> (draw, scale(fan_in, fan_out)): uniform draws lie in [-1, 1], normal draws are N(0, 1).
@@ -843,3 +844,21 @@ def check_init_kwargs(class_name: str, kwargs: Mapping[str, Any]) -> None:
             f"resample_filter of {len(taps)} taps: a network of up to {total:.3g} parameters, more than the "
             f"{MAX_PARAMETERS:.3g} a file may ask for"
         )
+
+
+def build_checked(cls: type, kwargs: Mapping[str, Any], what: str) -> nn.Module:
+    """`cls(**kwargs)` for init arguments read from a file: those of the networks here are
+    checked first (`check_init_kwargs`), and any failure is a one-line ValueError starting
+    with `what`, never an allocation or a traceback from inside the constructor."""
+    from ...errors import first_line
+
+    name = cls.__name__
+    if NETWORK_CLASSES.get(name) is cls:
+        try:
+            check_init_kwargs(name, kwargs)
+        except ValueError as err:
+            raise ValueError(f"{what}: {err}") from None
+    try:
+        return cls(**kwargs)
+    except Exception as err:
+        raise ValueError(f"{what}: cannot build {name} ({type(err).__name__}: {first_line(err)})") from None
