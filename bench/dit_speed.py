@@ -34,8 +34,8 @@ import torch
 from lowdiff_sched import presets
 from lowdiff_sched.adapters.dit.cascade import DiTCascade, LowDiffDiT
 from lowdiff_sched.adapters.dit.networks import LightningDiT
-from lowdiff_sched.adapters.dit.presets import PRESETS as DIT_PRESETS
-from lowdiff_sched.adapters.dit.presets import preset_config
+from lowdiff_sched.adapters.dit.sizes import SIZES as DIT_SIZES
+from lowdiff_sched.adapters.dit.sizes import size_config
 from lowdiff_sched.cost import flops_per_call
 from lowdiff_sched.plan import CascadePlan
 from lowdiff_sched.protocol import ResolutionCascade
@@ -75,7 +75,7 @@ def call_latency(cascade: ResolutionCascade, level: int, batch: int, device: tor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="dit-b1", choices=sorted(DIT_PRESETS), help="network size (dit-s1 is tiny, for smoke runs)")
+    parser.add_argument("--model", default="dit-b1", choices=sorted(DIT_SIZES), help="network size (dit-s1 is tiny, for smoke runs)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds (warm-up calls at every level come first)")
     parser.add_argument("--device", default="cpu")
@@ -88,7 +88,7 @@ def main() -> None:
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     torch.manual_seed(0)
-    net = LightningDiT(preset_config(args.model))
+    net = LightningDiT(size_config(args.model))
     model = LowDiffDiT.from_lightningdit(net, levels=(8, 16)).to(device).eval()
     original = DiTCascade(net).eval()  # the same weights, unretrofitted: the baseline
     plans: dict[str, tuple[CascadePlan, ResolutionCascade]] = {

@@ -19,7 +19,7 @@ import time
 import torch
 
 from lowdiff_sched.adapters.analytic import GaussianFieldCascade, exact_msf
-from lowdiff_sched.c2f import redistribute_timesteps, select_switch_sigma
+from lowdiff_sched.trd import redistribute_timesteps, select_switch_sigma
 from lowdiff_sched.metrics import frechet_distance
 from lowdiff_sched.plan import CascadePlan, StagePlan, pixel_ratios
 from lowdiff_sched.sampling import sample_cascade

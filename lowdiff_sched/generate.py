@@ -115,7 +115,7 @@ class LatentDecoding:
     decoder: Any = None
 
     def to_vae(self, x: Tensor) -> Tensor:
-        from .adapters.dit.checkpoint import denormalize
+        from .adapters.dit.weights import denormalize
 
         return denormalize(x, self.stats) if self.stats is not None else x
 
@@ -132,7 +132,7 @@ def load_latent_decoding(channels: int, stats_path: str | Path | None, vae_path:
                          device: str | torch.device = "cpu") -> LatentDecoding:
     """The latent statistics and VAE decoder of a latent model making `channels`-channel
     latents, loaded and checked before any sampling."""
-    from .adapters.dit.checkpoint import load_latent_stats
+    from .adapters.dit.weights import load_latent_stats
 
     if vae_path is not None and stats_path is None:
         raise ValueError("--vae needs --latent-stats: the network works on normalised latents, the VAE on its own")

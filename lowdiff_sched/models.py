@@ -115,7 +115,7 @@ def _is_latent_run(path: Path) -> bool:
     """Whether a training run (folder, or a checkpoint in one) holds a latent (DiT) model."""
     import json
 
-    from .adapters.dit.checkpoint import SPEC_FORMAT
+    from .adapters.dit.weights import SPEC_FORMAT
     from .runs import MODEL_SPEC
 
     spec = (path if path.is_dir() else path.parent) / MODEL_SPEC
@@ -208,12 +208,12 @@ NO_DIT_WEIGHTS = (
 
 def _dit(name: str) -> Callable[..., ResolutionCascade]:
     def build(device: torch.device, ckpt: str | Path | None = None, **options: Any) -> ResolutionCascade:
-        from .adapters.dit.checkpoint import load_dit
-        from .adapters.dit.presets import preset_config
+        from .adapters.dit.weights import load_dit
+        from .adapters.dit.sizes import size_config
 
         if ckpt is None:
             raise ValueError(NO_DIT_WEIGHTS.format(name=name))
-        return load_dit(ckpt, preset_config(name, **options), name).to(device)
+        return load_dit(ckpt, size_config(name, **options), name).to(device)
 
     return build
 

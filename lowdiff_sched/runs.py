@@ -25,7 +25,7 @@ MAX_PARAMETERS = 2**32
 def spec_of(model: nn.Module) -> dict[str, Any]:
     """The JSON model spec of a trainable cascade (EDM or DiT adapter)."""
     from .adapters.dit.cascade import _FlowCascade
-    from .adapters.dit.checkpoint import dit_model_spec
+    from .adapters.dit.weights import dit_model_spec
     from .adapters.edm.lowdiff import edm_model_spec
 
     return dit_model_spec(model) if isinstance(model, _FlowCascade) else edm_model_spec(model)  # type: ignore[arg-type]
@@ -34,8 +34,8 @@ def spec_of(model: nn.Module) -> dict[str, Any]:
 def build_from_spec(spec: Any, where: str | Path | None = None) -> nn.Module:
     """The untrained model a spec describes, by its format. The architecture is checked
     before anything is built; with `where` (the spec's file), errors name it."""
-    from .adapters.dit.checkpoint import SPEC_FORMAT as DIT_FORMAT
-    from .adapters.dit.checkpoint import dit_from_spec
+    from .adapters.dit.weights import SPEC_FORMAT as DIT_FORMAT
+    from .adapters.dit.weights import dit_from_spec
     from .adapters.edm.lowdiff import edm_from_spec
 
     try:
@@ -58,7 +58,7 @@ def _read_json(path: Path) -> Any:
 def load_run(path: str | Path) -> nn.Module:
     """A trained model from a training run folder (its latest checkpoint) or from one
     checkpoint file inside it, with the EMA weights, in eval mode."""
-    from .training.checkpoint import latest_checkpoint, load_weights
+    from .training.state import latest_checkpoint, load_weights
 
     path = Path(path)
     run = path if path.is_dir() else path.parent

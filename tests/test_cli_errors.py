@@ -203,11 +203,11 @@ def test_errors_found_after_loading_the_model_create_nothing(tmp_path, case, arg
 
 
 def test_a_cascade_plan_on_a_plain_dit_checkpoint_says_how_to_fine_tune(tmp_path):
-    from lowdiff_sched.adapters.dit.checkpoint import save_dit
+    from lowdiff_sched.adapters.dit.weights import save_dit
     from lowdiff_sched.adapters.dit.networks import LightningDiT
-    from lowdiff_sched.adapters.dit.presets import preset_config
+    from lowdiff_sched.adapters.dit.sizes import size_config
 
-    config = preset_config("dit-s1")
+    config = size_config("dit-s1")
     save_dit(tmp_path / "plain.pt", LightningDiT(config), config)
     result = run("sample", "--model", "dit-s1", "--ckpt", tmp_path / "plain.pt", "--plan", "imagenet256-dit-b1", "--out", tmp_path / "out")
     assert_refused(result, "--plan imagenet256-dit-b1", "holds the unmodified network", "levels 8,16",

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from lowdiff_sched import presets
 from lowdiff_sched.adapters.dit.cascade import C2FDiT, DiTCascade, LowDiffDiT, class_ids, guided_velocity
-from lowdiff_sched.adapters.dit.checkpoint import (
+from lowdiff_sched.adapters.dit.weights import (
     denormalize,
     dit_from_spec,
     dit_model_spec,
@@ -25,7 +25,7 @@ from lowdiff_sched.adapters.dit.checkpoint import (
     save_dit,
 )
 from lowdiff_sched.adapters.dit.networks import DiTConfig, LightningDiT, rope_2d, sincos_2d
-from lowdiff_sched.adapters.dit.presets import PRESETS, preset_config
+from lowdiff_sched.adapters.dit.sizes import SIZES, size_config
 from lowdiff_sched.sampling import sample_cascade
 from lowdiff_sched.schedules import flow_sigmas
 from lowdiff_sched.training import FlowLoss, multires_loss
@@ -53,7 +53,7 @@ def random_net(config: DiTConfig = SMALL, seed: int = 0) -> LightningDiT:
 ])
 def test_released_sizes(name, total, trainable, tensors):
     with torch.device("meta"):
-        net = LightningDiT(PRESETS[name])
+        net = LightningDiT(SIZES[name])
     assert sum(p.numel() for p in net.parameters()) == total
     if trainable is not None:
         assert sum(p.numel() for p in net.parameters() if p.requires_grad) == trainable
@@ -62,7 +62,7 @@ def test_released_sizes(name, total, trainable, tensors):
 
 def test_parameter_names_are_lightningdits():
     with torch.device("meta"):
-        keys = set(LightningDiT(PRESETS["dit-b1"]).state_dict())
+        keys = set(LightningDiT(SIZES["dit-b1"]).state_dict())
     for k in ["pos_embed", "x_embedder.proj.weight", "x_embedder.proj.bias", "t_embedder.mlp.0.weight", "t_embedder.mlp.2.bias",
               "y_embedder.embedding_table.weight", "feat_rope.freqs_cos", "feat_rope.freqs_sin",
               "blocks.11.norm1.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight",
@@ -77,8 +77,8 @@ def test_config_errors():
         DiTConfig(hidden_size=30, num_heads=4)
     with pytest.raises(ValueError, match="patch_size"):
         DiTConfig(input_size=15, patch_size=2)
-    with pytest.raises(ValueError, match="unknown DiT preset"):
-        preset_config("dit-zz")
+    with pytest.raises(ValueError, match="unknown DiT size"):
+        size_config("dit-zz")
     with pytest.raises(ValueError, match="unknown DiT config keys"):
         DiTConfig.from_dict({"depht": 3})
 
@@ -166,7 +166,7 @@ def test_ema_wins_over_model(tmp_path):
 def test_checkpoint_errors(tmp_path):
     save_dit(tmp_path / "small.pt", random_net(), SMALL)
     with pytest.raises(ValueError, match=r"does not fit dit-s1: .*shape mismatches \(e\.g\. "):
-        load_dit(tmp_path / "small.pt", PRESETS["dit-s1"], "dit-s1")
+        load_dit(tmp_path / "small.pt", SIZES["dit-s1"], "dit-s1")
     deeper = DiTConfig(**{**SMALL.to_dict(), "depth": 3})
     with pytest.raises(ValueError, match=r"missing keys \(e\.g\. blocks\.2\."):
         load_dit(tmp_path / "small.pt", deeper)
@@ -256,7 +256,7 @@ def test_retrofit_top_level_is_the_original(levels, seed):
 
 def test_retrofit_adds_little_and_checks_input():
     with torch.device("meta"):
-        net = LightningDiT(PRESETS["dit-b1"])
+        net = LightningDiT(SIZES["dit-b1"])
         model = LowDiffDiT(net, (8, 16))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) - sum(p.numel() for p in net.parameters() if p.requires_grad)
     assert 0 < trainable < 0.02 * 130_359_584  # per-level embedder and final layer, level and cond-time embeddings

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from lowdiff_sched.adapters.dit.cascade import LowDiffDiT
-from lowdiff_sched.adapters.dit.checkpoint import save_dit
+from lowdiff_sched.adapters.dit.weights import save_dit
 from lowdiff_sched.adapters.dit.networks import LightningDiT
-from lowdiff_sched.adapters.dit.presets import preset_config
+from lowdiff_sched.adapters.dit.sizes import size_config
 from lowdiff_sched.adapters.dit.vae import DecoderConfig, VAEDecoder
 from lowdiff_sched.cli.app import app
 from lowdiff_sched.plan import CascadePlan, StagePlan
@@ -47,7 +47,7 @@ def files(tmp_path_factory):
     short 2-stage plan and a short 1-stage plan."""
     root = tmp_path_factory.mktemp("dit")
     torch.manual_seed(0)
-    config = preset_config("dit-s1")
+    config = size_config("dit-s1")
     model = perturbed(LowDiffDiT(LightningDiT(config), (8, 16)), 1)
     save_dit(root / "lowdiff-s1.pt", model, config)
     torch.save({"mean": torch.randn(1, 32, 1, 1) * 0.1, "std": torch.rand(1, 32, 1, 1) + 0.5}, root / "latents_stats.pt")
@@ -119,7 +119,7 @@ def test_b1_checkpoint_end_to_end(tmp_path):
     LightningDiT's {"model", "ema"} layout) samples through the CLI; a plain checkpoint runs
     the single-resolution plan."""
     torch.manual_seed(0)
-    config = preset_config("dit-b1")
+    config = size_config("dit-b1")
     net = LightningDiT(config)
     torch.save({"ema": net.state_dict()}, tmp_path / "b1.pt")
     del net

@@ -29,17 +29,17 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     write_edm_pickle(tmp_path / "edm-cifar10-32x32-uncond-vp.pkl", snapshot(tiny), NETWORK_CLASSES.values())
     # the DiT example loads a LowDiff checkpoint: a small one (dit-s1) under the README's name
     from lowdiff_sched.adapters.dit.cascade import LowDiffDiT
-    from lowdiff_sched.adapters.dit.checkpoint import save_dit
+    from lowdiff_sched.adapters.dit.weights import save_dit
     from lowdiff_sched.adapters.dit.networks import LightningDiT
-    from lowdiff_sched.adapters.dit.presets import preset_config
+    from lowdiff_sched.adapters.dit.sizes import size_config
 
-    save_dit(tmp_path / "lowdiff-b1.pt", LowDiffDiT(LightningDiT(preset_config("dit-s1")), (8, 16)), preset_config("dit-s1"))
+    save_dit(tmp_path / "lowdiff-b1.pt", LowDiffDiT(LightningDiT(size_config("dit-s1")), (8, 16)), size_config("dit-s1"))
     monkeypatch.chdir(tmp_path)
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     assert len(blocks) >= 3
     code = "\n".join(blocks).replace("range(64)", "range(4)").replace("range(16)", "range(2)")
-    code = code.replace('preset_config("dit-b1")', 'preset_config("dit-s1")')
+    code = code.replace('size_config("dit-b1")', 'size_config("dit-s1")')
     namespace: dict = {}
     with torch.no_grad():
         exec(compile(code, "README.md", "exec"), namespace)

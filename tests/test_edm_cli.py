@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from lowdiff_sched.adapters.edm.checkpoint import load_edm
+from lowdiff_sched.adapters.edm.snapshots import load_edm
 from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet
 from lowdiff_sched.runs import load_run
 from lowdiff_sched.adapters.edm.networks import NETWORK_CLASSES, VPPrecond

@@ -19,15 +19,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lowdiff_sched.adapters.dit.cascade import DiTCascade
-from lowdiff_sched.adapters.dit.checkpoint import dit_cascade_of, load_dit, load_latent_stats, read_state_dict, save_dit
+from lowdiff_sched.adapters.dit.weights import dit_cascade_of, load_dit, load_latent_stats, read_state_dict, save_dit
 from lowdiff_sched.adapters.dit.networks import DiTConfig, LightningDiT
 from lowdiff_sched.adapters.dit.vae import load_vae_decoder
-from lowdiff_sched.adapters.edm.checkpoint import CheckpointError, load_edm, save_checkpoint
+from lowdiff_sched.adapters.edm.snapshots import CheckpointError, load_edm, save_checkpoint
 from lowdiff_sched.adapters.edm.lowdiff import build_network, cascade_of
 from lowdiff_sched.cli.app import app
 from lowdiff_sched.runs import MODEL_SPEC, load_run, spec_of
-from lowdiff_sched.training.checkpoint import load_checkpoint
-from lowdiff_sched.training.checkpoint import save_checkpoint as save_run_checkpoint
+from lowdiff_sched.training.state import load_checkpoint
+from lowdiff_sched.training.state import save_checkpoint as save_run_checkpoint
 
 runner = CliRunner()
 TINY_EDM = dict(img_resolution=8, img_channels=1, model_channels=16, channel_mult=[1, 2], num_blocks=1,

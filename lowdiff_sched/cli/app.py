@@ -256,7 +256,7 @@ def load_init(init: object, seed: int):  # type: ignore[no-untyped-def]
     pickle / lowdiff-sched checkpoint."""
     import torch
 
-    from lowdiff_sched.adapters.edm.checkpoint import load_edm
+    from lowdiff_sched.adapters.edm.snapshots import load_edm
     from lowdiff_sched.adapters.edm.lowdiff import build_network, is_edm_precond
     from lowdiff_sched.models import load_model, model_names
     from lowdiff_sched.runs import MODEL_SPEC, load_run
@@ -283,12 +283,12 @@ def load_dit_init(name: str, init: object, seed: int):  # type: ignore[no-untype
     network of a LightningDiT checkpoint or of a training run."""
     import torch
 
-    from lowdiff_sched.adapters.dit.checkpoint import load_dit
+    from lowdiff_sched.adapters.dit.weights import load_dit
     from lowdiff_sched.adapters.dit.networks import LightningDiT
-    from lowdiff_sched.adapters.dit.presets import preset_config
+    from lowdiff_sched.adapters.dit.sizes import size_config
     from lowdiff_sched.runs import MODEL_SPEC, load_run
 
-    config = preset_config(name)
+    config = size_config(name)
     if init is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -305,7 +305,7 @@ def train(
     config: Optional[Path] = typer.Option(None, help="JSON file with any of these options (and TrainConfig fields under \"train\"); command-line options win."),
     init: Optional[str] = typer.Option(None, help="EDM network pickle, lowdiff-sched EDM checkpoint, or a training run to start from (its EMA network); with --model, a LightningDiT checkpoint."),
     data: Optional[str] = typer.Option(None, help="EDM dataset (folder or zip of PNGs, dataset.json labels), or a named one: mnist, mnist:train; with --model, latents (.safetensors/.npz: latents [N,C,H,W], labels)."),
-    model: Optional[str] = typer.Option(None, help="A DiT preset (dit-s1, dit-b1, dit-xl1): train a LightningDiT on latents, fresh or from --init."),
+    model: Optional[str] = typer.Option(None, help="A DiT size (dit-s1, dit-b1, dit-xl1): train a LightningDiT on latents, fresh or from --init."),
     latent_stats: Optional[Path] = typer.Option(None, help="With --model: latents_stats.pt to normalise the latents with."),
     levels: Optional[str] = typer.Option(None, help="Resolutions low -> high, the last the network's [EDM: 8,16,32; DiT: half and full latent size]; only the network's own: train it unmodified."),
     out: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, model.json, log.jsonl. An existing run resumes. [runs/lowdiff]"),
@@ -367,7 +367,7 @@ def train(
         if opt["levels"] is not None:
             level_list = opt["levels"] if isinstance(opt["levels"], list) else parse_levels(str(opt["levels"]))
         if opt["model"] is not None:
-            from lowdiff_sched.adapters.dit.checkpoint import dit_cascade_of, load_latent_stats
+            from lowdiff_sched.adapters.dit.weights import dit_cascade_of, load_latent_stats
             from lowdiff_sched.training.latents import LatentDataset
 
             net = load_dit_init(str(opt["model"]), opt["init"], int(opt["seed"]))
@@ -418,7 +418,7 @@ def info(
     Example: lowdiff-sched info edm-cifar10-32x32-uncond-vp.pkl --levels 8,16,32
     """
     with user_errors():
-        from lowdiff_sched.adapters.edm.checkpoint import load_edm
+        from lowdiff_sched.adapters.edm.snapshots import load_edm
         from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet, backbone_loss
         from lowdiff_sched.runs import load_run
         from lowdiff_sched.models import load_model, model_names
@@ -452,15 +452,15 @@ def info(
 
 
 def _dit_info(model) -> None:  # type: ignore[no-untyped-def]
-    """Sizes of a DiT preset (counted on the meta device, no weights needed) or of a DiT run."""
+    """Sizes of a named DiT (counted on the meta device, no weights needed) or of a DiT run."""
     import torch
 
     from lowdiff_sched.adapters.dit.cascade import LowDiffDiT
     from lowdiff_sched.adapters.dit.networks import LightningDiT
-    from lowdiff_sched.adapters.dit.presets import preset_config
+    from lowdiff_sched.adapters.dit.sizes import size_config
 
     if isinstance(model, str):
-        config = preset_config(model)
+        config = size_config(model)
         with torch.device("meta"):
             net = LightningDiT(config)
             cascade = LowDiffDiT(net, (config.input_size // 2, config.input_size))
@@ -635,7 +635,7 @@ def tune_steps(
     """
     with user_errors():
         from lowdiff_sched import presets
-        from lowdiff_sched.c2f import redistribute_timesteps
+        from lowdiff_sched.trd import redistribute_timesteps
         from lowdiff_sched.models import load_model
         from lowdiff_sched.devices import check_device
         from lowdiff_sched.outputs import atomic_path, check_new_file
@@ -824,18 +824,18 @@ def plan_command(
             typer.echo(f"wrote {plot}")
 
 
-@app.command()
-def presets() -> None:
+@app.command("presets")
+def presets_command() -> None:
     """List the preset plans with their per-stage NFE (ours, and the paper's).
 
     Example: lowdiff-sched presets
     """
     with user_errors():
-        from lowdiff_sched import presets as registry
+        from lowdiff_sched import presets
 
-        for name in registry.names():
-            p = registry.info(name)
-            nfe = "+".join(map(str, registry.get(name).nfe()))
+        for name in presets.names():
+            p = presets.info(name)
+            nfe = "+".join(map(str, presets.get(name).nfe()))
             typer.echo(f"{name:34s} NFE {nfe:14s} paper {'+'.join(map(str, p.paper_nfe)):14s} {p.description}")
 
 

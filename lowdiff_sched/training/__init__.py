@@ -4,7 +4,7 @@ resume (loop, config, checkpoint, ema, batches, seeds, distributed, interrupt)."
 
 from __future__ import annotations
 
-from .checkpoint import latest_checkpoint, load_checkpoint, load_weights
+from .state import latest_checkpoint, load_checkpoint, load_weights
 from .config import TrainConfig
 from .data import ImageDataset, one_hot
 from .losses import EDMLoss, FlowLoss, LevelNoise, VELoss, VPLoss, draw_multires_noise, make_loss, msf_loss, multires_loss

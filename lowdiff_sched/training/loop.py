@@ -18,7 +18,7 @@ from ..outputs import atomic_path, ensure_writable_dir
 from ..protocol import ResolutionCascade
 from ..runs import MODEL_SPEC
 from .batches import StepBatches
-from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .state import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig, resume_conflicts
 from .data import one_hot
 from .distributed import Processes, average_gradients, broadcast_parameters, default_device, join_processes, sum_over_ranks

@@ -1,4 +1,4 @@
-"""The safe EDM pickle loader and the package's own checkpoint format (adapters/edm/checkpoint.py)."""
+"""The safe EDM pickle loader and the package's own checkpoint format (adapters/edm/snapshots.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from lowdiff_sched.adapters.edm import checkpoint as ckpt
-from lowdiff_sched.adapters.edm.checkpoint import (
+from lowdiff_sched.adapters.edm import snapshots as ckpt
+from lowdiff_sched.adapters.edm.snapshots import (
     ALLOWED_GLOBALS,
     CheckpointError,
     ModuleDictRecord,

@@ -9,7 +9,7 @@ from typing import Any
 from .networks import DiTConfig
 
 # LightningDiT's released sizes (B/1 and XL/1 on 16x16x32 VA-VAE latents) and a small one for tests.
-PRESETS: dict[str, DiTConfig] = {
+SIZES: dict[str, DiTConfig] = {
     "dit-b1": DiTConfig(hidden_size=768, depth=12, num_heads=12),
     "dit-xl1": DiTConfig(hidden_size=1152, depth=28, num_heads=16),
     "dit-s1": DiTConfig(hidden_size=128, depth=4, num_heads=4),
@@ -17,11 +17,11 @@ PRESETS: dict[str, DiTConfig] = {
 
 
 def names() -> list[str]:
-    return list(PRESETS)
+    return list(SIZES)
 
 
-def preset_config(name: str, **overrides: Any) -> DiTConfig:
-    """The config of a preset (`PRESETS`), with fields replaced by `overrides`."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown DiT preset {name!r}; presets: {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
+def size_config(name: str, **overrides: Any) -> DiTConfig:
+    """The config of a named size (`SIZES`), with fields replaced by `overrides`."""
+    if name not in SIZES:
+        raise ValueError(f"unknown DiT size {name!r}; known: {', '.join(SIZES)}")
+    return replace(SIZES[name], **overrides)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowdiff_sched.adapters.analytic import GaussianFieldCascade
-from lowdiff_sched.c2f import _candidates, pca_rank, redistribute_timesteps, select_switch_sigma
+from lowdiff_sched.trd import _candidates, pca_rank, redistribute_timesteps, select_switch_sigma
 from lowdiff_sched.plan import CascadePlan, StagePlan
 from lowdiff_sched.schedules import karras_sigmas
 from lowdiff_sched.transitions import Condition, Renoise
