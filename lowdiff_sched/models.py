@@ -115,13 +115,12 @@ def _is_latent_run(path: Path) -> bool:
     """Whether a training run (folder, or a checkpoint in one) holds a latent (DiT) model."""
     import json
 
-    from .adapters.dit.weights import SPEC_FORMAT
-    from .runs import MODEL_SPEC
+    from .runs import MODEL_SPEC, is_latent_spec
 
     spec = (path if path.is_dir() else path.parent) / MODEL_SPEC
     try:
-        return json.loads(spec.read_text()).get("format") == SPEC_FORMAT
-    except (OSError, ValueError, AttributeError):
+        return is_latent_spec(json.loads(spec.read_text()))
+    except (OSError, ValueError):
         return False
 
 

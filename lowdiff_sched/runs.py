@@ -8,8 +8,9 @@ into an untrained model, and the weights come from a checkpoint.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -22,26 +23,109 @@ MODEL_SPEC = "model.json"
 MAX_PARAMETERS = 2**32
 
 
-def spec_of(model: nn.Module) -> dict[str, Any]:
-    """The JSON model spec of a trainable cascade (EDM or DiT adapter)."""
-    from .adapters.dit.cascade import _FlowCascade
-    from .adapters.dit.weights import dit_model_spec
-    from .adapters.edm.lowdiff import edm_model_spec
+# ---- model specs -------------------------------------------------------------------------
+# One format for every backbone: {"format": SPEC_FORMAT, "version": SPEC_VERSION,
+# "backbone": "edm" | "dit" | ..., "network": the backbone's architecture (its own JSON data),
+# "levels": [sizes, low -> high], "method": one of METHODS, "options": method options}.
+# Each adapter registers a ModelFormat: how its cascades become that data and back.
 
-    return dit_model_spec(model) if isinstance(model, _FlowCascade) else edm_model_spec(model)  # type: ignore[arg-type]
+SPEC_FORMAT = "lowdiff-sched/model"
+SPEC_VERSION = 2
+METHODS = ("none", "lowdiff", "c2f", "distill")  # none: the network itself, one level
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """A backbone adapter's side of the model spec.
+
+    `describe(model)` gives (network, levels, method, options) of one of `classes`;
+    `build(network, levels, method, options)` makes the untrained cascade, checking the
+    architecture before allocating it; `upgrade(spec)` turns a version-1 spec with format
+    `legacy_format` into the same four values, so older runs and shipped models still load."""
+
+    backbone: str
+    classes: tuple[type, ...]
+    describe: Callable[[nn.Module], tuple[dict[str, Any], list[int], str, dict[str, Any]]]
+    build: Callable[[dict[str, Any], list[int], str, dict[str, Any]], nn.Module]
+    legacy_format: str = ""
+    upgrade: Callable[[dict[str, Any]], tuple[dict[str, Any], list[int], str, dict[str, Any]]] | None = None
+    latent: bool = False  # its samples are latents (decoded with a VAE)
+
+
+_FORMATS: dict[str, ModelFormat] = {}
+
+
+def register_format(fmt: ModelFormat) -> ModelFormat:
+    """Add an adapter's ModelFormat to the table specs are read and written with."""
+    if fmt.backbone in _FORMATS:
+        raise ValueError(f"backbone {fmt.backbone!r} already has a model format")
+    _FORMATS[fmt.backbone] = fmt
+    return fmt
+
+
+def _formats() -> dict[str, ModelFormat]:
+    from . import adapters  # noqa: F401  importing the adapters registers their formats
+
+    return _FORMATS
+
+
+def spec_of(model: nn.Module) -> dict[str, Any]:
+    """The JSON model spec of a trainable cascade of any registered backbone."""
+    for fmt in _formats().values():
+        if type(model) in fmt.classes:
+            network, levels, method, options = fmt.describe(model)
+            return {"format": SPEC_FORMAT, "version": SPEC_VERSION, "backbone": fmt.backbone, "network": network,
+                    "levels": [int(r) for r in levels], "method": method, "options": options}
+    raise ValueError(f"no registered model format writes {type(model).__name__}")
+
+
+def read_spec(spec: Any) -> tuple[ModelFormat, dict[str, Any], list[int], str, dict[str, Any]]:
+    """A spec's format and its (network, levels, method, options), version 1 upgraded."""
+    formats = _formats()
+    if not isinstance(spec, dict):
+        raise ValueError(f"a model spec must be a JSON object, got {type(spec).__name__}")
+    if spec.get("format") != SPEC_FORMAT:
+        for fmt in formats.values():
+            if fmt.upgrade is not None and spec.get("format") == fmt.legacy_format and spec.get("version") == 1:
+                return (fmt, *fmt.upgrade(spec))
+        raise ValueError(f"not a lowdiff-sched model spec (format {spec.get('format')!r:.80}, version {spec.get('version')!r:.20})")
+    if spec.get("version") != SPEC_VERSION:
+        raise ValueError(f"model spec version {spec.get('version')!r:.20} is not {SPEC_VERSION}, the one this library reads")
+    unknown = sorted(set(spec) - {"format", "version", "backbone", "network", "levels", "method", "options"})
+    if unknown:
+        raise ValueError(f"unknown model spec fields {unknown}")
+    fmt = formats.get(spec.get("backbone"))  # type: ignore[arg-type]
+    if fmt is None:
+        raise ValueError(f'"backbone" must be one of {sorted(formats)}, got {spec.get("backbone")!r:.80}')
+    levels, method, options = spec.get("levels"), spec.get("method"), spec.get("options", {})
+    if not isinstance(levels, list) or not levels or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in levels):
+        raise ValueError(f'"levels" must be a non-empty list of positive ints, got {levels!r:.200}')
+    if method not in METHODS:
+        raise ValueError(f'"method" must be one of {METHODS}, got {method!r:.80}')
+    if not isinstance(options, dict):
+        raise ValueError(f'"options" must be an object, got {options!r:.80}')
+    if not isinstance(spec.get("network"), dict):
+        raise ValueError(f'"network" must be an object, got {spec.get("network")!r:.80}')
+    return fmt, spec["network"], levels, method, options
+
+
+def same_model(a: Any, b: Any) -> bool:
+    """Whether two specs (of any version) describe the same architecture."""
+    return read_spec(a)[1:] == read_spec(b)[1:]
+
+
+def is_latent_spec(spec: Any) -> bool:
+    """Whether a spec's backbone makes latents (a VAE decodes them)."""
+    return read_spec(spec)[0].latent
 
 
 def build_from_spec(spec: Any, where: str | Path | None = None) -> nn.Module:
-    """The untrained model a spec describes, by its format. The architecture is checked
-    before anything is built; with `where` (the spec's file), errors name it."""
-    from .adapters.dit.weights import SPEC_FORMAT as DIT_FORMAT
-    from .adapters.dit.weights import dit_from_spec
-    from .adapters.edm.lowdiff import edm_from_spec
-
+    """The untrained model a spec describes (any version), built by its backbone's format.
+    The architecture is checked before anything is built; with `where` (the spec's file),
+    errors name it."""
     try:
-        if isinstance(spec, dict) and spec.get("format") == DIT_FORMAT:
-            return dit_from_spec(spec)
-        return edm_from_spec(spec)
+        fmt, network, levels, method, options = read_spec(spec)
+        return fmt.build(network, levels, method, options)
     except ValueError as err:
         if where is None:
             raise
@@ -78,9 +162,8 @@ def export_run(run: str | Path, out: str | Path, *, dtype: torch.dtype = torch.f
 
     from .outputs import atomic_path
 
-    run = Path(run)
     model = load_run(run)
-    spec = _read_json((run if run.is_dir() else run.parent) / MODEL_SPEC)
+    spec = spec_of(model)  # the current format, whichever version the run wrote
     out = Path(out)
     spec_path, weights_path = out.with_suffix(".json"), out.with_suffix(".safetensors")
     state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in model.state_dict().items()}

@@ -4,6 +4,8 @@ invariant, the flow denoiser against Euler in flow time, guidance, and the flow 
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import numpy as np
@@ -16,8 +18,6 @@ from lowdiff_sched import presets
 from lowdiff_sched.adapters.dit.cascade import C2FDiT, DiTCascade, LowDiffDiT, class_ids, guided_velocity
 from lowdiff_sched.adapters.dit.weights import (
     denormalize,
-    dit_from_spec,
-    dit_model_spec,
     load_dit,
     load_latent_stats,
     normalize,
@@ -26,6 +26,7 @@ from lowdiff_sched.adapters.dit.weights import (
 )
 from lowdiff_sched.adapters.dit.networks import DiTConfig, LightningDiT, rope_2d, sincos_2d
 from lowdiff_sched.adapters.dit.sizes import SIZES, size_config
+from lowdiff_sched.runs import build_from_spec, spec_of
 from lowdiff_sched.sampling import sample_cascade
 from lowdiff_sched.schedules import flow_sigmas
 from lowdiff_sched.training import FlowLoss, multires_loss
@@ -212,8 +213,8 @@ def test_retrofit_checkpoints_are_recognised(tmp_path):
         assert type(back) is type(model) and [lv.size for lv in back.levels] == [lv.size for lv in model.levels]
         x, s = torch.randn(2, *model.levels[0].shape), torch.tensor([1.0, 3.0])
         assert torch.equal(back.denoise(x, s, level=0), model.denoise(x, s, level=0))
-        spec = dit_model_spec(model)
-        assert type(dit_from_spec(spec)) is type(model)
+        spec = spec_of(model)
+        assert spec["backbone"] == "dit" and type(build_from_spec(json.loads(json.dumps(spec)))) is type(model)
 
 
 def test_latent_stats(tmp_path):

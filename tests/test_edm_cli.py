@@ -45,7 +45,7 @@ def test_retrofit_train_sample_and_info(tmp_path):
     assert result.exit_code == 0, result.output
     assert (run / "model.json").is_file() and sorted(p.name for p in run.glob("checkpoint-*.pt"))
     spec = json.loads((run / "model.json").read_text())
-    assert spec["levels"] == [4, 8, 16] and spec["backbone"]["class_name"] == "VPPrecond"
+    assert spec["levels"] == [4, 8, 16] and spec["backbone"] == "edm" and spec["network"]["class_name"] == "VPPrecond"
 
     # the trained model is the loaded network retrofitted, with fine-tuned weights
     trained = load_run(run)

@@ -299,7 +299,7 @@ BAD_CHANNELS = [1e9, 10**9, "64", -4, True, 0]
 def test_load_run_validates_model_json_before_building(tmp_path, value):
     run = edm_run(tmp_path / "run")
     spec = json.loads((run / MODEL_SPEC).read_text())
-    spec["backbone"]["init_kwargs"]["model_channels"] = value
+    spec["network"]["init_kwargs"]["model_channels"] = value
     (run / MODEL_SPEC).write_text(json.dumps(spec))
     with pytest.raises(ValueError) as info:
         load_run(run)
@@ -327,7 +327,7 @@ def test_real_architectures_still_build():
 def test_sample_with_an_oversized_model_json_is_one_line(tmp_path):
     run = edm_run(tmp_path / "run")
     spec = json.loads((run / MODEL_SPEC).read_text())
-    spec["backbone"]["init_kwargs"]["model_channels"] = 1e9
+    spec["network"]["init_kwargs"]["model_channels"] = 1e9
     (run / MODEL_SPEC).write_text(json.dumps(spec))
     result = runner.invoke(app, ["sample", "--model", str(run), "--seeds", "0", "--out", str(tmp_path / "s"), "--no-progress"])
     one_line_error(result, "model_channels", str(run / MODEL_SPEC))
@@ -347,14 +347,15 @@ def test_an_edm_checkpoint_with_an_oversized_architecture_is_refused(tmp_path):
 def test_dit_model_json_is_validated_before_building(tmp_path, field, value):
     run = dit_run(tmp_path / "run")
     spec = json.loads((run / MODEL_SPEC).read_text())
-    spec["config"][field] = value
+    spec["network"][field] = value
     (run / MODEL_SPEC).write_text(json.dumps(spec))
     with pytest.raises(ValueError) as info:
         load_run(run)
     assert_one_line(info.value, field, str(run / MODEL_SPEC))
 
 
-@pytest.mark.parametrize("change", [{"backbone": None}, {"levels": "4,8"}, {"backbone": {"class_name": "VPPrecond"}}])
+@pytest.mark.parametrize("change", [{"network": None}, {"levels": "4,8"}, {"network": {"class_name": "VPPrecond"}},
+                                    {"backbone": "unet"}, {"method": "retrofit"}, {"version": 3}, {"extra": 1}])
 def test_malformed_model_json_is_one_line(tmp_path, change):
     run = edm_run(tmp_path / "run")
     spec = {**json.loads((run / MODEL_SPEC).read_text()), **change}

@@ -234,13 +234,19 @@ def tiny_config(tmp_path, **changes):
 
 
 def test_committed_configs_are_valid():
-    from lowdiff_sched.cli.app import TRAIN_CONFIG_KEYS
-    from lowdiff_sched.training import TrainConfig
+    """Every committed config is a TrainRecipe (read, not trained), and writes back to the same recipe."""
+    from lowdiff_sched.training import TrainConfig, TrainRecipe
 
-    for path in CONFIGS.glob("mnist-*.json"):
+    paths = sorted(CONFIGS.glob("*.json"))
+    assert len(paths) >= 5
+    for path in paths:
         config = json.loads(path.read_text())
-        assert set(config) - {"description"} <= TRAIN_CONFIG_KEYS, path
-        TrainConfig.from_dict({**config["train"], "steps": config["steps"], "batch": config["batch"]})
+        recipe = TrainRecipe.read(path)
+        assert recipe.init == config["init"] and recipe.data == config["data"] and recipe.out == config["out"], path
+        assert recipe.train["steps"] == config["steps"] and recipe.train["batch"] == config["batch"], path
+        assert {k: recipe.train[k] for k in config["train"]} == config["train"], path
+        assert TrainRecipe.from_json(recipe.to_json()) == recipe, path
+        TrainConfig.from_dict(recipe.train)
 
 
 def test_train_from_config_then_retrofit_the_run_and_export(tmp_path):
@@ -249,7 +255,8 @@ def test_train_from_config_then_retrofit_the_run_and_export(tmp_path):
     assert result.exit_code == 0, result.output
     base = load_run(tmp_path / "base")
     assert isinstance(base, EDMCascade)  # one level at the network's resolution: the network itself
-    assert json.loads((tmp_path / "base" / "model.json").read_text())["retrofit"] is False
+    spec = json.loads((tmp_path / "base" / "model.json").read_text())
+    assert spec["backbone"] == "edm" and spec["method"] == "none" and spec["levels"] == [32]
 
     # command-line options win over the config; a run folder is a valid --init
     result = run("train", "--config", config, "--init", tmp_path / "base", "--levels", "8,16,32", "--out", tmp_path / "ld",

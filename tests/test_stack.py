@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from lowdiff_sched.adapters.edm.lowdiff import cascade_of, edm_from_spec, edm_model_spec
+from lowdiff_sched.adapters.edm.lowdiff import cascade_of
+from lowdiff_sched.runs import build_from_spec, spec_of
 from lowdiff_sched.adapters.edm.networks import EDMPrecond
 from lowdiff_sched.adapters.edm.stack import LevelStack
 from lowdiff_sched.cli.app import app
@@ -126,9 +127,9 @@ def test_train_config_validates_distill_and_loss_kwargs():
 def test_spec_round_trip_rebuilds_a_level_stack():
     stack = cascade_of(tiny_net(), (8, 16), method="distill")
     assert isinstance(stack, LevelStack)
-    spec = edm_model_spec(stack)
-    assert spec["method"] == "distill" and spec["levels"] == [8, 16]
-    rebuilt = edm_from_spec(json.loads(json.dumps(spec)))
+    spec = spec_of(stack)
+    assert spec["backbone"] == "edm" and spec["method"] == "distill" and spec["levels"] == [8, 16]
+    rebuilt = build_from_spec(json.loads(json.dumps(spec)))
     rebuilt.load_state_dict(stack.state_dict())
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
@@ -172,10 +173,10 @@ def test_cli_distills_the_lower_level_and_leaves_the_top_untouched(tmp_path):
 
 def test_train_init_takes_a_shipped_model_by_name():
     """`init: "mnist-base"` starts from the shipped network itself (the mnist-fast config's start)."""
-    from lowdiff_sched.cli.app import load_init
     from lowdiff_sched.models import load_model
+    from lowdiff_sched.training.recipe import load_edm_init
 
-    net = load_init("mnist-base", seed=0)
+    net = load_edm_init("mnist-base", seed=0)
     shipped = load_model("mnist-base").net
     assert type(net).__name__ == "EDMPrecond" and net.training and all(p.requires_grad for p in net.parameters())
     assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in net.state_dict().items())

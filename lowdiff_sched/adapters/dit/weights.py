@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ...outputs import atomic_path
+from ...runs import ModelFormat, register_format
 from ...tensorfiles import load_tensor_file
 from .cascade import C2FDiT, DiTCascade, LowDiffDiT
 from .networks import DiTConfig, LightningDiT
@@ -134,29 +135,33 @@ def normalize(latents: Tensor, stats: tuple[Tensor, Tensor]) -> Tensor:
 
 
 # ---- training runs: the model spec beside the checkpoints --------------------------------
-SPEC_FORMAT = "lowdiff-sched/lowdiff-dit"
-
-
-def dit_model_spec(model: DiTModel) -> dict[str, Any]:
-    """JSON data that rebuilds `model`'s architecture (weights come from a checkpoint)."""
+def _describe(model: nn.Module) -> tuple[dict[str, Any], list[int], str, dict[str, Any]]:
+    """The model spec of a DiT cascade: the LightningDiT config, levels and method."""
     method = {DiTCascade: "none", LowDiffDiT: "lowdiff", C2FDiT: "c2f"}[type(model)]
-    levels = [lv.size[0] for lv in model.levels]
-    return {"format": SPEC_FORMAT, "version": 1, "config": model.net.config.to_dict(), "levels": levels, "method": method}
+    return model.net.config.to_dict(), [lv.size[0] for lv in model.levels], method, {}
 
 
-def dit_from_spec(spec: dict[str, Any]) -> DiTModel:
-    """Build (untrained) the model a `dit_model_spec` describes, once its config is checked
-    to be one that builds (`check_dit_size`)."""
-    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT or spec.get("version") != 1:
-        raise ValueError("not a lowdiff-sched DiT model spec (format/version)")
-    levels, method = spec.get("levels"), spec.get("method")
-    if not isinstance(levels, list) or not levels or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in levels):
-        raise ValueError(f'"levels" must be a non-empty list of positive ints, got {levels!r:.200}')
-    if method not in ("none", "lowdiff", "c2f"):
-        raise ValueError(f'"method" must be "none", "lowdiff" or "c2f", got {method!r:.200}')
-    config = DiTConfig.from_dict(spec.get("config"))
+def _build(network: dict[str, Any], levels: list[int], method: str, options: dict[str, Any]) -> DiTModel:
+    """The untrained DiT cascade a spec describes, once its config is checked to build
+    (`check_dit_size`)."""
+    if method not in ("none", "lowdiff", "c2f") or options:
+        raise ValueError(f'a DiT spec\'s "method" is none, lowdiff or c2f with no "options", got {method!r:.40} and {options!r:.80}')
+    config = DiTConfig.from_dict(network)
     check_dit_size(config, levels)
     return dit_cascade_of(LightningDiT(config), levels, method)
+
+
+def _upgrade(spec: dict[str, Any]) -> tuple[dict[str, Any], list[int], str, dict[str, Any]]:
+    """A version-1 DiT spec ("lowdiff-sched/lowdiff-dit": config, levels, method)."""
+    if not isinstance(spec.get("config"), dict) or not isinstance(spec.get("levels"), list):
+        raise ValueError('a version-1 DiT spec needs "config" and "levels"')
+    return spec["config"], spec["levels"], spec.get("method"), {}  # type: ignore[return-value]
+
+
+DIT_FORMAT = register_format(ModelFormat(
+    backbone="dit", classes=(DiTCascade, LowDiffDiT, C2FDiT), describe=_describe, build=_build,
+    legacy_format="lowdiff-sched/lowdiff-dit", upgrade=_upgrade, latent=True,
+))
 
 
 _MAX_DEPTH = 10_000  # blocks; LightningDiT-XL has 28
@@ -195,6 +200,8 @@ def dit_cascade_of(net: LightningDiT, levels: list[int], method: str = "lowdiff"
         return DiTCascade(net)
     if method == "c2f":
         return C2FDiT(net, levels)
-    if method in ("lowdiff", "none"):
+    if method == "lowdiff":
         return LowDiffDiT(net, levels)
-    raise ValueError(f"method must be 'lowdiff' or 'c2f', got {method!r}")
+    if method == "none":
+        raise ValueError(f'method "none" runs the network at its own size {net.config.input_size} only, got levels {list(levels)}')
+    raise ValueError(f"method must be 'none', 'lowdiff' or 'c2f', got {method!r}")

@@ -21,6 +21,7 @@ from torch.nn.functional import silu
 from ...kernels import upsample_concat
 from ...protocol import Level, check_level_input, level_one_hot
 from ...resample import UPSAMPLE_MODES
+from ...runs import ModelFormat, register_format
 from .c2f import C2FUNet
 from .stack import LevelStack
 from .inputs import check_retrofit, label_rows
@@ -235,7 +236,7 @@ def build_network(class_name: str, init_kwargs: dict[str, Any]) -> nn.Module:
     return net
 
 
-METHODS = ("lowdiff", "c2f", "distill")
+METHODS = ("none", "lowdiff", "c2f", "distill")  # runs.METHODS: none is the network itself
 
 
 def cascade_of(
@@ -250,6 +251,8 @@ def cascade_of(
     levels = [int(r) for r in levels]
     if levels == [int(getattr(net, "img_resolution", -1))]:
         return EDMCascade(net)
+    if method == "none":
+        raise ValueError(f'method "none" runs the network at its own resolution only, got levels {levels}')
     if method == "c2f":
         return C2FUNet.from_edm(net, levels)
     if method == "distill":
@@ -257,45 +260,51 @@ def cascade_of(
     return LowDiffUNet.from_edm(net, levels, cond, embed_cond_sigma)
 
 
-def edm_model_spec(model: "LowDiffUNet | EDMCascade | C2FUNet | LevelStack") -> dict[str, Any]:
-    """JSON data that rebuilds `model`'s architecture (weights come from a checkpoint)."""
+def _describe(model: nn.Module) -> tuple[dict[str, Any], list[int], str, dict[str, Any]]:
+    """The model spec of an EDM cascade: the backbone's class and init kwargs, levels, method."""
     init_kwargs = getattr(model.net, "init_kwargs", None)
     if init_kwargs is None:
         raise ValueError("the backbone's init kwargs are unknown: load it with load_edm, which records them")
-    spec: dict[str, Any] = {
-        "format": "lowdiff-sched/lowdiff-edm",
-        "version": 1,
-        "backbone": {"class_name": type(model.net).__name__, "init_kwargs": init_kwargs},
-    }
+    network = {"class_name": type(model.net).__name__, "init_kwargs": init_kwargs}
     if isinstance(model, EDMCascade):
-        return {**spec, "levels": [int(model.net.img_resolution)], "retrofit": False}
-    if isinstance(model, C2FUNet):
-        return {**spec, "levels": list(model.level_sizes), "method": "c2f"}
-    if isinstance(model, LevelStack):
-        return {**spec, "levels": list(model.level_sizes), "method": "distill"}
-    return {**spec, "levels": list(model.level_sizes), "cond": model.cond_mode, "embed_cond_sigma": model.embed_cond_sigma}
+        return network, [int(model.net.img_resolution)], "none", {}
+    method = "c2f" if isinstance(model, C2FUNet) else "distill" if isinstance(model, LevelStack) else "lowdiff"
+    options = {"cond": model.cond_mode, "embed_cond_sigma": model.embed_cond_sigma} if method == "lowdiff" else {}
+    return network, list(model.level_sizes), method, options
 
 
-def edm_from_spec(spec: dict[str, Any]) -> "LowDiffUNet | EDMCascade | C2FUNet | LevelStack":
-    """Build (untrained) the model an `edm_model_spec` describes."""
-    if not isinstance(spec, dict) or spec.get("format") != "lowdiff-sched/lowdiff-edm" or spec.get("version") != 1:
-        raise ValueError("not a lowdiff-sched LowDiff EDM model spec (format/version)")
-    backbone, levels = spec.get("backbone"), spec.get("levels")
-    if not isinstance(backbone, dict) or set(backbone) != {"class_name", "init_kwargs"}:
-        raise ValueError(f'"backbone" must be {{"class_name": ..., "init_kwargs": {{...}}}}, got {backbone!r:.200}')
-    if not isinstance(levels, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in levels):
-        raise ValueError(f'"levels" must be a list of ints, got {levels!r:.200}')
-    retrofit, method = spec.get("retrofit", True) is not False, spec.get("method", "lowdiff")
-    if retrofit and method not in METHODS:
-        raise ValueError(f'"method" must be one of {METHODS}, got {method!r:.200}')
-    missing = [k for k in ("cond", "embed_cond_sigma") if k not in spec]
-    if retrofit and method == "lowdiff" and missing:
-        raise ValueError(f"a LowDiff model spec needs {' and '.join(map(repr, missing))}")
-    net = build_network(backbone["class_name"], backbone["init_kwargs"])
-    if not retrofit:
+def _build(network: dict[str, Any], levels: list[int], method: str, options: dict[str, Any]) -> nn.Module:
+    """The untrained EDM cascade a spec describes (the backbone checked before it is built)."""
+    if set(network) != {"class_name", "init_kwargs"}:
+        raise ValueError(f'"network" must be {{"class_name": ..., "init_kwargs": {{...}}}}, got {network!r:.200}')
+    expected = {"cond", "embed_cond_sigma"} if method == "lowdiff" else set()
+    if set(options) != expected:
+        raise ValueError(f'"options" of method {method!r} must be {sorted(expected)}, got {sorted(options)}')
+    net = build_network(network["class_name"], network["init_kwargs"])
+    if method == "none":
+        if levels != [int(net.img_resolution)]:
+            raise ValueError(f'method "none" runs the network at its own resolution {net.img_resolution}, got levels {levels}')
         return EDMCascade(net)
-    if method == "c2f":
-        return C2FUNet.from_edm(net, levels)
-    if method == "distill":
-        return LevelStack.from_edm(net, levels)
-    return LowDiffUNet.from_edm(net, levels, spec["cond"], spec["embed_cond_sigma"])
+    return cascade_of(net, levels, options.get("cond", "nearest"), options.get("embed_cond_sigma", True), method)
+
+
+def _upgrade(spec: dict[str, Any]) -> tuple[dict[str, Any], list[int], str, dict[str, Any]]:
+    """A version-1 EDM spec ("lowdiff-sched/lowdiff-edm"; one level was "retrofit": false)."""
+    network, levels = spec.get("backbone"), spec.get("levels")
+    if not isinstance(network, dict) or not isinstance(levels, list):
+        raise ValueError('a version-1 EDM spec needs "backbone" and "levels"')
+    if spec.get("retrofit", True) is False:
+        return network, levels, "none", {}
+    method = spec.get("method", "lowdiff")
+    if method == "lowdiff":
+        missing = [k for k in ("cond", "embed_cond_sigma") if k not in spec]
+        if missing:
+            raise ValueError(f"a LowDiff model spec needs {' and '.join(map(repr, missing))}")
+        return network, levels, method, {"cond": spec["cond"], "embed_cond_sigma": spec["embed_cond_sigma"]}
+    return network, levels, method, {}
+
+
+EDM_FORMAT = register_format(ModelFormat(
+    backbone="edm", classes=(EDMCascade, LowDiffUNet, C2FUNet, LevelStack), describe=_describe, build=_build,
+    legacy_format="lowdiff-sched/lowdiff-edm", upgrade=_upgrade,
+))
