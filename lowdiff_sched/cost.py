@@ -12,16 +12,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .plan import CascadePlan, pixel_ratios
-from .protocol import ResolutionCascade
+from .protocol import ResolutionCascade, is_conditioned
 
 
 def _call(cascade: ResolutionCascade, level: int, batch: int, device: torch.device | str, extra_args: dict[str, Any] | None):
     """A `denoise` call at `level` on a random batch (a conditioned level gets a condition)."""
     lv = cascade.levels[level]
     x = torch.randn(batch, *lv.shape, device=device)
-    # a level above 0 gets a condition unless the cascade's levels are unconditional (C2F, LevelStack)
-    conditioned = level % len(cascade.levels) != 0 and getattr(cascade, "conditions_on_lower_level", True)
-    cond = torch.randn_like(x) if conditioned else None
+    cond = torch.randn_like(x) if is_conditioned(cascade, level) else None
     sigma = torch.ones(batch, device=device)
     return lambda: cascade.denoise(x, sigma, level=level, cond=cond, cond_sigma=None if cond is None else 0.5, **(extra_args or {}))
 

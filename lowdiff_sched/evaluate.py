@@ -26,7 +26,7 @@ from .cost import flop_ratios
 from .generate import deal_batches, sample_batch
 from .judges import DigitJudge, Judge
 from .plan import CascadePlan
-from .protocol import ResolutionCascade
+from .protocol import ResolutionCascade, label_dim_of
 from .sampling import seed_labels
 from .training.distributed import Processes, gather_objects
 
@@ -99,7 +99,7 @@ def evaluate(
     if len(seeds) < 2:
         raise ValueError("evaluate needs at least 2 seeds (a covariance needs 2 samples)")
     plan.validate(cascade)
-    label_dim = int(getattr(cascade, "label_dim", 0))
+    label_dim = label_dim_of(cascade)
     labels = seed_labels(seeds, label_dim) if label_dim else None
     if isinstance(judge, DigitJudge) and (label_dim != 10 or tuple(cascade.levels[-1].shape) != (1, 32, 32)):
         raise ValueError("the digit judge needs a 10-class model of 32x32 single-channel digits (an MNIST model)")

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .outputs import atomic_path, grid, save_png, save_samples, to_uint8
 from .plan import CascadePlan
-from .protocol import ResolutionCascade
+from .protocol import ResolutionCascade, label_dim_of
 from .sampling import class_label_args, sample_cascade
 from .training.distributed import Processes, gather_objects
 
@@ -47,10 +47,9 @@ def deal_batches(seeds: Sequence[int], labels: Sequence[int] | None, batch: int,
 def sample_batch(cascade: ResolutionCascade, plan: CascadePlan, b: Batch, device: str | torch.device,
                  extra: dict[str, Any] | None = None, callback: Callable[[dict[str, Any]], None] | None = None) -> Tensor:
     """One batch of samples (float32, on the CPU)."""
-    label_dim = int(getattr(cascade, "label_dim", 0))
     args = dict(extra or {})
     if b.labels is not None:
-        args.update(class_label_args(b.labels, label_dim, device))
+        args.update(class_label_args(b.labels, label_dim_of(cascade), device))
     with torch.no_grad():
         x = sample_cascade(cascade, plan, seeds=b.seeds, batch_size=len(b.seeds), device=device, disable=True,
                            extra_args=args or None, callback=callback)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
-from .protocol import Level, as_level
+from .protocol import CascadeDefaults, Level, as_level, check_condition, level_index
 from .resample import check_image, downsample, upsample
 
 Size = tuple[int, int]
@@ -100,7 +100,7 @@ def input_priors(residuals: Sequence[Tensor], sizes: Sequence[Sequence[int]], mo
     return priors
 
 
-class MSFCascade:
+class MSFCascade(CascadeDefaults):
     """MSF's cascade: one network per scale (MSF trains them separately), as a
     ResolutionCascade, so Alg. 3 runs through `sample_cascade` with Residual transitions.
 
@@ -118,14 +118,8 @@ class MSFCascade:
     def denoise(
         self, x: Tensor, sigma: Tensor, *, level: int, cond: Tensor | None = None, cond_sigma: Tensor | float | None = None, **extra: Any
     ) -> Tensor:
-        n = len(self.levels)
-        if not -n <= level < n:
-            raise ValueError(f"level {level} is outside the cascade's {n} scales")
-        level %= n
+        level = level_index(level, len(self.levels))
+        check_condition(level, cond)  # the base has no input prior; every residual scale needs its own
         if level == 0:
-            if cond is not None:
-                raise ValueError("the base scale has no input prior: cond must be None")
             return self.denoisers[0](x, sigma, **extra)
-        if cond is None:
-            raise ValueError(f"scale {level} generates a residual given its input prior: cond is required")
         return self.denoisers[level](x, sigma, cond=cond, **extra)

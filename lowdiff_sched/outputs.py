@@ -41,7 +41,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 # The temporary names of our atomic writers, for a target name matching {names}:
-# atomic_path's ".{name}.{random}.tmp{suffix}" and the EDM checkpoint writer's ".{name}.{hex}.tmp".
+# atomic_path's ".{name}.{random}.tmp{suffix}" and the ".{name}.{hex}.tmp" of older EDM checkpoint writes.
 _TEMPORARY = r"^\.(?:{names})\.[A-Za-z0-9_]+\.tmp(?:\.[A-Za-z0-9]+)?$"
 
 
@@ -180,6 +180,16 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
     img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
+
+
+def save_torch(obj: object, path: str | Path) -> None:
+    """torch.save, atomically, and on disk before it replaces `path`: a checkpoint that
+    replaces (or outlives) an older one must survive a crash."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .protocol import Level, ResolutionCascade
+from .protocol import Level, ResolutionCascade, level_index
 from .samplers import check_sampler_kwargs, check_schedule, count_nfe, sampler_name
 from .schedules import validate_sigmas
 from .transitions import Condition, Transition, transition_from_dict
@@ -197,9 +197,10 @@ class CascadePlan:
         """Stage levels as non-negative indices into a cascade with `n_levels` levels."""
         out = []
         for i, stage in enumerate(self.stages):
-            if not -n_levels <= stage.level < n_levels:
-                raise ValueError(f"stage {i}: level {stage.level} is outside the cascade's {n_levels} levels")
-            out.append(stage.level % n_levels)
+            try:
+                out.append(level_index(stage.level, n_levels))
+            except ValueError as err:
+                raise ValueError(f"stage {i}: {err}") from None
         return out
 
     def validate(self, cascade: ResolutionCascade | Sequence[Level]) -> "CascadePlan":

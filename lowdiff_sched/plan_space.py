@@ -25,6 +25,7 @@ import torch
 
 from .plan import CascadePlan, StagePlan
 from .protocol import ResolutionCascade
+from .protocol import hand_overs_of as supported_transitions  # plan search's name for it
 from .resample import integer_factor
 from .samplers import SAMPLER_NAMES, count_nfe
 from .schedules import karras_sigmas
@@ -105,16 +106,6 @@ class Candidate:
     @property
     def name(self) -> str:
         return self.plan.name
-
-
-def supported_transitions(cascade: ResolutionCascade) -> tuple[str, ...]:
-    """The hand-overs a cascade's upper levels can take: `hand_overs` if it declares them;
-    else Condition when its upper levels are conditioned on the one below (LowDiff), Continue
-    and Renoise when every level is unconditional (C2F-DM, LevelStack)."""
-    declared = getattr(cascade, "hand_overs", None)
-    if declared is not None:
-        return tuple(declared)
-    return ("condition",) if getattr(cascade, "conditions_on_lower_level", True) else ("continue", "renoise")
 
 
 def _karras(steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor | None:

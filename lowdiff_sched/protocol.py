@@ -1,5 +1,6 @@
-"""The contract between backbones and samplers: `Level`, `ResolutionCascade`, `stage_denoiser`,
-and the level checks every adapter's `denoise` shares."""
+"""The contract between backbones and samplers: `Level`, `ResolutionCascade` (its required
+members) and `CascadeDefaults` (its optional ones, with their defaults and accessors),
+`stage_denoiser`, and the level checks every adapter shares."""
 
 from __future__ import annotations
 
@@ -64,6 +65,10 @@ class ResolutionCascade(Protocol):
     `sigma` (shape [B]) and the return value is the x0 estimate. `cond` is the previous
     stage's hand-over, already at this level's size (or None); `cond_sigma` its noise
     std (shape [B], or None); `extra` is forwarded (class labels, guidance ...).
+
+    These two members are all a cascade needs. The optional ones (`label_dim`,
+    `conditions_on_lower_level`, `hand_overs`, `device`) are `CascadeDefaults`'s; code
+    reads them through its accessors (`label_dim_of` ...), so a cascade without them works.
     """
 
     levels: Sequence[Level]
@@ -80,6 +85,108 @@ class ResolutionCascade(Protocol):
     ) -> Tensor: ...
 
 
+class CascadeDefaults:
+    """The optional members of a `ResolutionCascade`, at their defaults. An adapter inherits
+    it and overrides what differs; a cascade that does not is read through the accessors
+    below (`label_dim_of` ...), which give these same defaults.
+
+    - `label_dim`: the number of classes `denoise` takes as `class_labels`; 0, unconditional.
+    - `conditions_on_lower_level`: whether each level above 0 is conditioned on the level
+      below's hand-over (LowDiff, MSF); False where every level denoises from scratch
+      (C2F-DM, LevelStack), which decides the hand-overs and the training loss.
+    - `hand_overs`: the transition kinds ("condition", "continue", "renoise") its upper
+      levels can take; by default what `conditions_on_lower_level` implies.
+    - `device`: where sampling draws the noise: its first parameter's device (when it has
+      `parameters()`, as an nn.Module does), else the CPU.
+    """
+
+    label_dim: int = 0
+    conditions_on_lower_level: bool = True
+
+    @property
+    def hand_overs(self) -> tuple[str, ...]:
+        return _implied_hand_overs(self)
+
+    @property
+    def device(self) -> torch.device:
+        return _parameter_device(self)
+
+
+def label_dim_of(cascade: ResolutionCascade) -> int:
+    """The cascade's class count (`CascadeDefaults.label_dim`); 0 when it declares none."""
+    return int(getattr(cascade, "label_dim", CascadeDefaults.label_dim))
+
+
+def conditions_on_lower_level_of(cascade: ResolutionCascade) -> bool:
+    """Whether its levels above 0 are conditioned on the level below (default True)."""
+    return bool(getattr(cascade, "conditions_on_lower_level", CascadeDefaults.conditions_on_lower_level))
+
+
+def hand_overs_of(cascade: ResolutionCascade) -> tuple[str, ...]:
+    """The transition kinds its upper levels can take: `hand_overs` if it declares them; else
+    Condition when they are conditioned on the level below (LowDiff), Continue and Renoise
+    when every level is unconditional (C2F-DM, LevelStack)."""
+    declared = getattr(cascade, "hand_overs", None)
+    return tuple(declared) if declared is not None else _implied_hand_overs(cascade)
+
+
+def device_of(cascade: ResolutionCascade) -> torch.device:
+    """Where the cascade lives: its `device`, else its first parameter's, else the CPU."""
+    device = getattr(cascade, "device", None)
+    return torch.device(device) if device is not None else _parameter_device(cascade)
+
+
+def is_conditioned(cascade: ResolutionCascade, level: int) -> bool:
+    """Whether `level` is given the level below's hand-over as `cond`: never level 0, which
+    has no level below; the others when the cascade conditions on the lower level."""
+    return level_index(level, len(cascade.levels)) > 0 and conditions_on_lower_level_of(cascade)
+
+
+def _implied_hand_overs(cascade: ResolutionCascade) -> tuple[str, ...]:
+    return ("condition",) if conditions_on_lower_level_of(cascade) else ("continue", "renoise")
+
+
+def _parameter_device(cascade: Any) -> torch.device:
+    parameters = getattr(cascade, "parameters", None)
+    if callable(parameters):
+        first = next(iter(parameters()), None)
+        if first is not None:
+            return first.device
+    return torch.device("cpu")
+
+
+def level_index(level: int, n_levels: int) -> int:
+    """`level` as an index into `n_levels` levels, a negative one counting from the top as in
+    a Python sequence; ValueError outside them."""
+    if not -n_levels <= level < n_levels:
+        raise ValueError(f"level {level} is outside the cascade's {n_levels} levels")
+    return level % n_levels
+
+
+def check_condition(level: int, cond: Tensor | None, *, required: bool = True) -> None:
+    """`cond` checked against `level` (an index >= 0): level 0 has no level below it, so
+    takes no condition; with `required`, every level above it needs one."""
+    if level == 0 and cond is not None:
+        raise ValueError("level 0 is unconditional: cond must be None (only a level >= 1 has a level below it)")
+    if required and level > 0 and cond is None:
+        raise ValueError(f"level {level} is conditioned on the level below: cond is required")
+
+
+def check_level_sizes(sizes: Sequence[int], top: int, *, multiple: int = 1, min_levels: int = 1) -> tuple[int, ...]:
+    """A retrofit's level sizes as ints, after checking that there are at least `min_levels`,
+    that they increase and end at the network's own size `top`, and that each is a multiple
+    of `multiple`, the factor the network divides its input by (a UNet's downsamplings, a
+    DiT's patches)."""
+    sizes = tuple(int(r) for r in sizes)
+    if len(sizes) < min_levels or list(sizes) != sorted(set(sizes)) or sizes[-1] != top:
+        least = f"at least {min_levels} " if min_levels > 1 else ""
+        raise ValueError(f"levels must be {least}increasing sizes that end at the network's resolution {top}, got {sizes}")
+    bad = [r for r in sizes if r % multiple]
+    if bad:
+        raise ValueError(f"level sizes must be multiples of {multiple}, the factor the network divides its input by; got {bad}")
+    return sizes
+
+
 def stage_denoiser(
     cascade: ResolutionCascade,
     level: int,
@@ -92,10 +199,7 @@ def stage_denoiser(
         raise TypeError(
             f"cascade must implement ResolutionCascade (levels + denoise), got {type(cascade).__name__}"
         )
-    n = len(cascade.levels)
-    if not -n <= level < n:
-        raise ValueError(f"level {level} is outside the cascade's {n} levels")
-    level = level % n
+    level = level_index(level, len(cascade.levels))
     if cond is not None and cond_sigma is not None and not isinstance(cond_sigma, Tensor):
         cond_sigma = torch.full((cond.shape[0],), float(cond_sigma), device=cond.device, dtype=cond.dtype)
     denoise = cascade.denoise
@@ -108,10 +212,7 @@ def stage_denoiser(
 
 def check_level_input(levels: Sequence[Level], level: int, x: Tensor) -> int:
     """`level` as a non-negative index, after checking it and x's shape at that level."""
-    n = len(levels)
-    if not -n <= level < n:
-        raise ValueError(f"level {level} is outside the model's {n} levels")
-    level %= n
+    level = level_index(level, len(levels))
     lv = levels[level]
     if x.ndim != 4 or tuple(x.shape[1:]) != lv.shape:
         raise ValueError(f"x must have shape [B, {', '.join(map(str, lv.shape))}] at level {level}, got {tuple(x.shape)}")

@@ -31,7 +31,7 @@ MAX_PARAMETERS = 2**32
 
 SPEC_FORMAT = "lowdiff-sched/model"
 SPEC_VERSION = 2
-METHODS = ("none", "lowdiff", "c2f", "distill")  # none: the network itself, one level
+METHODS = ("none", "lowdiff", "c2f", "distill")  # the package's adapters' methods; none: the network itself
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,8 @@ def read_spec(spec: Any) -> tuple[ModelFormat, dict[str, Any], list[int], str, d
     levels, method, options = spec.get("levels"), spec.get("method"), spec.get("options", {})
     if not isinstance(levels, list) or not levels or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in levels):
         raise ValueError(f'"levels" must be a non-empty list of positive ints, got {levels!r:.200}')
-    if method not in METHODS:
-        raise ValueError(f'"method" must be one of {METHODS}, got {method!r:.80}')
+    if not isinstance(method, str) or not method:
+        raise ValueError(f'"method" must be a name (this package\'s adapters use {", ".join(METHODS)}), got {method!r:.80}')
     if not isinstance(options, dict):
         raise ValueError(f'"options" must be an object, got {options!r:.80}')
     if not isinstance(spec.get("network"), dict):

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .plan import CascadePlan, StagePlan
-from .protocol import Level, ResolutionCascade, stage_denoiser
+from .protocol import Level, ResolutionCascade, device_of, stage_denoiser
 from .samplers import BROWNIAN_SAMPLERS, accepts_noise_sampler, history_sampler, resolve_sampler, sampler_name
 from .resample import downsample, integer_factor, upsample
 from .transitions import StageOutput
@@ -152,18 +152,6 @@ def _sample(output: StageOutput) -> Tensor:
     return output.total if output.total is not None else output.x
 
 
-def _infer_device(cascade: ResolutionCascade) -> torch.device:
-    device = getattr(cascade, "device", None)
-    if device is not None:
-        return torch.device(device)
-    parameters = getattr(cascade, "parameters", None)
-    if callable(parameters):
-        first = next(iter(parameters()), None)
-        if first is not None:
-            return first.device
-    return torch.device("cpu")
-
-
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
     seeds = list(seeds)
     if not seeds:
@@ -241,7 +229,7 @@ def sample_cascade(
         if noise is not None:
             raise ValueError("give either seeds or noise, not both")
         seeds = _check_seeds(seeds)
-        device = torch.device(device) if device is not None else _infer_device(cascade)
+        device = torch.device(device) if device is not None else device_of(cascade)
         step = batch_size or len(seeds)
         chunks = []
         for lo in range(0, len(seeds), step):
@@ -268,7 +256,7 @@ def sample_cascade(
         else:
             if batch_size is None:
                 raise ValueError("give seeds, noise, or batch_size")
-            device = torch.device(device) if device is not None else _infer_device(cascade)
+            device = torch.device(device) if device is not None else device_of(cascade)
             noise = [torch.randn((batch_size, *shape), generator=generator, device=device, dtype=dtype) for shape in shapes]
         starts = [n * stage.sigmas[0].to(n.device) for n, stage in zip(noise, plan.stages)]
         outputs = run(starts, _noise_factory(generator), extra_args)
@@ -335,3 +323,8 @@ def class_label_args(labels: Sequence[int], label_dim: int, device: str | torch.
     from .training.data import one_hot
 
     return {"class_labels": one_hot(torch.as_tensor(list(labels), dtype=torch.long), label_dim).to(device)}
+
+
+def seed_label_args(seeds: Sequence[int], label_dim: int, device: str | torch.device = "cpu") -> dict[str, Tensor] | None:
+    """`extra_args` giving each seed its class (`seed_labels`); None for an unconditional model."""
+    return class_label_args(seed_labels(seeds, label_dim), label_dim, device) if label_dim else None

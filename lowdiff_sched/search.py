@@ -35,8 +35,8 @@ from .judges import Judge, Score, class_labels_of, score
 from .outputs import atomic_path, ensure_writable_dir
 from .plan import CascadePlan, StagePlan
 from .plan_space import Candidate, SearchSpace, candidates
-from .protocol import ResolutionCascade
-from .sampling import class_label_args, sample_cascade
+from .protocol import ResolutionCascade, label_dim_of
+from .sampling import sample_cascade, seed_label_args
 from .schedules import karras_sigmas
 
 CANDIDATES_FILE = "candidates.jsonl"
@@ -308,10 +308,10 @@ def search_plans(
     store = _Store(out)
     say = progress or (lambda text: None)
     deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
-    label_dim = int(getattr(cascade, "label_dim", 0))
+    label_dim = label_dim_of(cascade)
 
     def run(plan: CascadePlan, seeds: list[int]) -> torch.Tensor:
-        extra = class_label_args(class_labels_of(seeds, label_dim).tolist(), label_dim, device or "cpu") if label_dim else None
+        extra = seed_label_args(seeds, label_dim, device or "cpu")
         with torch.no_grad():
             return sample_cascade(cascade, plan, seeds=seeds, batch_size=batch_size, extra_args=extra, disable=True,
                                   device=device).double().cpu()

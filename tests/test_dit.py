@@ -262,7 +262,7 @@ def test_retrofit_adds_little_and_checks_input():
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) - sum(p.numel() for p in net.parameters() if p.requires_grad)
     assert 0 < trainable < 0.02 * 130_359_584  # per-level embedder and final layer, level and cond-time embeddings
     net = random_net()
-    with pytest.raises(ValueError, match="at least two increasing latent sizes ending at the network's 8"):
+    with pytest.raises(ValueError, match="at least 2 increasing sizes that end at the network's resolution 8"):
         LowDiffDiT(net, (4, 16))
     with pytest.raises(ValueError, match="needs a LightningDiT"):
         LowDiffDiT(torch.nn.Linear(2, 2), (4, 8))  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..protocol import Level, as_level
+from ..protocol import CascadeDefaults, Level, as_level, check_condition, level_index
 from ..resample import downsample, integer_factor
 
 __all__ = ["GaussianFieldCascade"]
@@ -72,7 +72,7 @@ def _unblocks(t: Tensor) -> Tensor:
     return t.reshape(*lead, f * my, f2 * mx)
 
 
-class GaussianFieldCascade:
+class GaussianFieldCascade(CascadeDefaults):
     """A `ResolutionCascade` whose data law is known exactly, so its denoisers are the
     true posterior means: the reference against which samplers and plans are measured.
 
@@ -170,12 +170,9 @@ class GaussianFieldCascade:
         return self._tables[device]
 
     def _level_index(self, level: int) -> int:
-        n = len(self.levels)
         if isinstance(level, bool) or not isinstance(level, int):
             raise TypeError(f"level must be an int, got {level!r}")
-        if not -n <= level < n:
-            raise ValueError(f"level {level} is outside the cascade's {n} levels")
-        return level % n
+        return level_index(level, len(self.levels))
 
     # ---------------------------------------------------------------- checks
 
@@ -221,6 +218,7 @@ class GaussianFieldCascade:
         li = self._level_index(level)
         lvl = self.levels[li]
         self._check_x("x", x, lvl)
+        check_condition(li, cond, required=False)
         spectra, coeffs, mu = self._on(x.device)
         B = x.shape[0]
         mu = mu.view(-1, 1, 1)
@@ -231,8 +229,6 @@ class GaussianFieldCascade:
         if cond is None:
             X_hat = S / (S + s2) * X
         else:
-            if li == 0:
-                raise ValueError("cond is only defined for level >= 1: level 0 has no previous level")
             self._check_x("cond", cond, lvl)
             if cond.shape[0] != B:
                 raise ValueError(f"cond must have x's batch size {B}, got {tuple(cond.shape)}")

@@ -201,9 +201,10 @@ class _SampleJob:
 
 def _labels(cascade, name: str, seeds: list[int], class_labels: Optional[list[int]]) -> Optional[list[int]]:  # type: ignore[no-untyped-def]
     """Each seed's class id for a class-conditional model (None for an unconditional one)."""
+    from lowdiff_sched.protocol import label_dim_of
     from lowdiff_sched.sampling import seed_labels
 
-    label_dim = int(getattr(cascade, "label_dim", 0))
+    label_dim = label_dim_of(cascade)
     if not label_dim:
         if class_labels is not None:
             raise UsageError(f"--class-labels: model {name} is unconditional (it takes no class labels)")
@@ -222,87 +223,9 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
-# `train` options and their defaults; a --config file may set any of them (and TrainConfig's
-# other fields under "train"), and options given on the command line win.
-TRAIN_DEFAULTS = {
-    "levels": None, "out": "runs/lowdiff", "batch": 64, "steps": 1000, "lr": 1e-3, "ema": 500.0,
-    "loss": None, "checkpoint_every": 500, "seed": 0, "mixed_precision": "no", "method": "lowdiff",
-    "model": None, "latent_stats": None, "log": "jsonl",
-}
-TRAIN_CONFIG_KEYS = {"init", "data", "train", *TRAIN_DEFAULTS}
-
-
-def read_train_config(path: Path | None) -> dict:
-    """The JSON object of a `train --config` file ({} without one), checked for unknown keys."""
-    import json
-
-    if path is None:
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UsageError(f"--config {path}: not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: must hold a JSON object")
-    unknown = sorted(set(data) - TRAIN_CONFIG_KEYS - {"description"})
-    if unknown:
-        raise UsageError(f"--config {path}: unknown keys {unknown}; known: {sorted(TRAIN_CONFIG_KEYS)}")
-    return data
-
-
-def load_init(init: object, seed: int):  # type: ignore[no-untyped-def]
-    """The EDM network to start from: a fresh one ({"class_name", "init_kwargs"}, seeded), a
-    shipped model's network (e.g. mnist-base), the EMA network of a training run, or an EDM
-    pickle / lowdiff-sched checkpoint."""
-    import torch
-
-    from lowdiff_sched.adapters.edm.snapshots import load_edm
-    from lowdiff_sched.adapters.edm.lowdiff import build_network, is_edm_precond
-    from lowdiff_sched.models import load_model, model_names
-    from lowdiff_sched.runs import MODEL_SPEC, load_run
-
-    if isinstance(init, dict):
-        if set(init) != {"class_name", "init_kwargs"}:
-            raise UsageError(f'init: a fresh network is {{"class_name": ..., "init_kwargs": {{...}}}}, got keys {sorted(init)}')
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return build_network(init["class_name"], init["init_kwargs"])
-    if isinstance(init, str) and init in model_names() and not Path(init).exists():
-        net = getattr(load_model(init), "net", None)
-        if not is_edm_precond(net):
-            raise UsageError(f"init: {init} is not an EDM network")
-        return net.train().requires_grad_(True)
-    path = Path(str(init))
-    if path.is_dir() and (path / MODEL_SPEC).is_file():
-        return load_run(path).net
-    return load_edm(path)
-
-
-def load_dit_init(name: str, init: object, seed: int):  # type: ignore[no-untyped-def]
-    """The LightningDiT to start from: preset `name` fresh (seeded) without `init`, else the
-    network of a LightningDiT checkpoint or of a training run."""
-    import torch
-
-    from lowdiff_sched.adapters.dit.weights import load_dit
-    from lowdiff_sched.adapters.dit.networks import LightningDiT
-    from lowdiff_sched.adapters.dit.sizes import size_config
-    from lowdiff_sched.runs import MODEL_SPEC, load_run
-
-    config = size_config(name)
-    if init is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return LightningDiT(config)
-    path = Path(str(init))
-    model = load_run(path) if path.is_dir() and (path / MODEL_SPEC).is_file() else load_dit(path, config, name)
-    net = model.net.train().requires_grad_(True)
-    net.pos_embed.requires_grad_(False)  # a fixed table, as in LightningDiT
-    return net
-
-
 @app.command()
 def train(
-    config: Optional[Path] = typer.Option(None, help="JSON file with any of these options (and TrainConfig fields under \"train\"); command-line options win."),
+    config: Optional[Path] = typer.Option(None, help="JSON file (a TrainRecipe) with any of these options (and TrainConfig fields under \"train\"); options given here win, each override noted on stderr."),
     init: Optional[str] = typer.Option(None, help="EDM network pickle, lowdiff-sched EDM checkpoint, or a training run to start from (its EMA network); with --model, a LightningDiT checkpoint."),
     data: Optional[str] = typer.Option(None, help="EDM dataset (folder or zip of PNGs, dataset.json labels), or a named one: mnist, mnist:train; with --model, latents (.safetensors/.npz: latents [N,C,H,W], labels)."),
     model: Optional[str] = typer.Option(None, help="A DiT size (dit-s1, dit-b1, dit-xl1): train a LightningDiT on latents, fresh or from --init."),
@@ -314,7 +237,7 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate. [0.001]"),
     ema: Optional[float] = typer.Option(None, help="EMA half-life in thousands of images (EDM's ema_halflife_kimg). [500]"),
     loss: Optional[str] = typer.Option(None, help="vp, ve or edm [the backbone's own]."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (one is also written at the end). [500]"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (one is also written at the end). [1000]"),
     seed: Optional[int] = typer.Option(None, help="Seed of all training randomness, and of a fresh network's init. [0]"),
     mixed_precision: Optional[str] = typer.Option(None, help="no or bf16. [no]"),
     method: Optional[str] = typer.Option(
@@ -334,78 +257,27 @@ def train(
 
     From a committed config: lowdiff-sched train --config configs/mnist-base.json
 
+    The same run from Python: TrainRecipe.read("configs/mnist-base.json").run() (lowdiff_sched.training).
+
     Several processes: torchrun --nproc-per-node 4 -m lowdiff_sched.cli train ...
     """
     with user_errors():
-        import json
+        from lowdiff_sched.training import TrainRecipe
 
-        from lowdiff_sched.adapters.edm.lowdiff import backbone_loss, cascade_of
-        from lowdiff_sched.datasets import dataset as named_dataset
-        from lowdiff_sched.datasets import is_named
-        from lowdiff_sched.outputs import atomic_path, ensure_writable_dir
-        from lowdiff_sched.training import ImageDataset, TrainConfig
-        from lowdiff_sched.runs import MODEL_SPEC, spec_of
-        from lowdiff_sched.training import train as run_training
-        from lowdiff_sched.training.config import LOGS
-        from lowdiff_sched.training.tensorboard_log import summary_writer_class
-
-        file = read_train_config(config)
-        given = dict(init=init, data=data, levels=levels, out=out, batch=batch, steps=steps, lr=lr, ema=ema, loss=loss,
-                     checkpoint_every=checkpoint_every, seed=seed, mixed_precision=mixed_precision, method=method,
-                     model=model, latent_stats=latent_stats, log=log)
-        opt = {k: v if v is not None else file.get(k, TRAIN_DEFAULTS.get(k)) for k, v in given.items()}
-        for key in ("init", "data") if opt["model"] is None else ("data",):
-            if opt[key] is None:
-                raise UsageError(f"--{key} is required (on the command line or in --config)")
-        if opt["model"] is None and opt["latent_stats"] is not None:
-            raise UsageError("--latent-stats is for latent (DiT) training, with --model")
-        if opt["log"] not in LOGS:
-            raise UsageError(f"--log: {opt['log']!r} is not one of {', '.join(LOGS)}")
-        if opt["log"] == "tensorboard":
-            summary_writer_class()  # without the package, fail before loading or writing anything
-        level_list = None
-        if opt["levels"] is not None:
-            level_list = opt["levels"] if isinstance(opt["levels"], list) else parse_levels(str(opt["levels"]))
-        if opt["model"] is not None:
-            from lowdiff_sched.adapters.dit.weights import dit_cascade_of, load_latent_stats
-            from lowdiff_sched.training.latents import LatentDataset
-
-            net = load_dit_init(str(opt["model"]), opt["init"], int(opt["seed"]))
-            size = net.config.input_size
-            cascade = dit_cascade_of(net, level_list or [size // 2, size], str(opt["method"]))
-            stats = load_latent_stats(opt["latent_stats"], net.config.in_channels) if opt["latent_stats"] else None
-            dataset = LatentDataset(opt["data"], stats)
-            label_dim = cascade.label_dim if dataset.has_labels else 0  # unlabelled latents train the null class
-        else:
-            cascade = cascade_of(load_init(opt["init"], int(opt["seed"])), level_list or [8, 16, 32], method=str(opt["method"]))
-            if opt["method"] == "distill":
-                cascade.freeze_top()  # the original network is the lower levels' teacher
-            dataset = named_dataset(opt["data"]) if is_named(str(opt["data"])) else ImageDataset(opt["data"])
-            label_dim = int(cascade.label_dim)
-        extra = file.get("train", {})
-        if not isinstance(extra, dict):
-            raise UsageError(f'--config {config}: "train" must be an object of TrainConfig fields')
-        train_config = TrainConfig.from_dict({
-            **extra, "steps": opt["steps"], "batch": opt["batch"], "lr": opt["lr"], "ema_halflife_kimg": opt["ema"],
-            "loss": opt["loss"] or ("flow" if opt["model"] is not None else backbone_loss(cascade)),
-            "checkpoint_every": opt["checkpoint_every"], "seed": opt["seed"],
-            "mixed_precision": opt["mixed_precision"], "label_dim": label_dim,
-            "alternate_levels": opt["method"] == "c2f" and len(cascade.levels) > 1,
-            "distill": opt["method"] == "distill", "log": opt["log"],
-        })
-        spec = spec_of(cascade)
-        out_dir = ensure_writable_dir(Path(opt["out"]))
-        spec_file = out_dir / MODEL_SPEC
-        if spec_file.exists() and json.loads(spec_file.read_text()) != json.loads(json.dumps(spec)):
-            raise UsageError(f"{out_dir} holds a run of a different model (see {spec_file}); choose another --out")
-        with atomic_path(spec_file) as tmp:
-            tmp.write_text(json.dumps(spec, indent=2))
+        recipe = TrainRecipe.read(config) if config is not None else TrainRecipe()
+        recipe, notes = recipe.with_options(
+            init=init, data=data, model=model, latent_stats=latent_stats, levels=parse_levels(levels) if levels is not None else None,
+            out=out, batch=batch, steps=steps, lr=lr, ema=ema, loss=loss, checkpoint_every=checkpoint_every, seed=seed,
+            mixed_precision=mixed_precision, method=method, log=log,
+        )
+        for note in notes:
+            typer.echo(f"lowdiff-sched: note: {note}", err=True)
         try:
-            run_training(cascade, dataset, train_config, out_dir, progress=progress)
+            done = recipe.run(progress=progress)
         except KeyboardInterrupt:
-            typer.echo(f"interrupted: the last completed step is saved in {out_dir}/; run the same command to resume", err=True)
+            typer.echo(f"interrupted: the last completed step is saved in {recipe.out_dir}/; run the same command to resume", err=True)
             raise typer.Exit(130) from None
-        typer.echo(f"trained {train_config.steps} steps; checkpoints and log in {out_dir}/; sample with: lowdiff-sched sample --model {out_dir}")
+        typer.echo(f"trained {done.config.steps} steps; checkpoints and log in {done.out_dir}/; sample with: lowdiff-sched sample --model {done.out_dir}")
 
 
 @app.command()
@@ -639,6 +511,7 @@ def tune_steps(
         from lowdiff_sched.models import load_model
         from lowdiff_sched.devices import check_device
         from lowdiff_sched.outputs import atomic_path, check_new_file
+        from lowdiff_sched.protocol import label_dim_of
         from lowdiff_sched.sampling import class_label_args, seed_labels
 
         check_new_file(out, "--out")
@@ -649,7 +522,7 @@ def tune_steps(
         cascade = load_model(model, device=device)
         seeds = list(range(seed_start, seed_start + max(n_calib, 0)))
         extra = None
-        label_dim = int(getattr(cascade, "label_dim", 0))
+        label_dim = label_dim_of(cascade)
         if label_dim and seeds:
             extra = class_label_args(seed_labels(seeds, label_dim), label_dim, device)
         result = redistribute_timesteps(
@@ -700,6 +573,7 @@ def search(
         from lowdiff_sched.devices import check_device
         from lowdiff_sched.outputs import atomic_path, check_out_dir, ensure_writable_dir
         from lowdiff_sched.plan_space import SearchSpace
+        from lowdiff_sched.protocol import label_dim_of
         from lowdiff_sched.sampling import class_label_args
         from lowdiff_sched.search import check_counts, cheapest, parse_target, saved_level_costs, search_plans
 
@@ -727,7 +601,7 @@ def search(
         wanted = parse_target(target, metrics) if target is not None else None
         costs = saved_level_costs(out)  # a resumed search keeps the costs measured when it began
         if costs is None:
-            label_dim = int(getattr(cascade, "label_dim", 0))
+            label_dim = label_dim_of(cascade)
             extra = class_label_args([i % label_dim for i in range(batch)], label_dim, device) if label_dim else None
             costs = level_costs(cascade, cost, batch, device=device, extra_args=extra)
         ensure_writable_dir(out)

@@ -16,7 +16,8 @@ RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training run. `batch` is the GLOBAL batch, split evenly over processes.
+    """A training run. `batch` is the GLOBAL batch, split evenly over processes. These defaults
+    are the only ones: TrainRecipe and `lowdiff-sched train` use them for what is not given.
 
     EMA follows EDM: its decay per step is 0.5 ** (batch / halflife_images), with a half-life
     of `ema_halflife_kimg` thousand images, ramped up as `ema_rampup_ratio` * images seen so far
@@ -33,8 +34,8 @@ class TrainConfig:
     the tensorboard package (the `tensorboard` extra).
     """
 
-    steps: int
-    batch: int
+    steps: int = 1000
+    batch: int = 64
     lr: float = 1e-3
     ema_halflife_kimg: float = 500.0
     ema_rampup_ratio: float | None = 0.05

@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from ..protocol import Level, ResolutionCascade
+from ..protocol import Level, ResolutionCascade, is_conditioned
 from ..resample import downsample, upsample
 
 
@@ -240,9 +240,6 @@ def multires_loss(
         noise = draw_multires_noise(model.levels, x0.shape[0], loss_fn, generator=generator, levels=ids, device=x0.device, dtype=x0.dtype)
     _check_noise(noise, ids, x0.shape[0])
     extra = {} if class_labels is None else {"class_labels": class_labels}
-    # C2F-DM's levels are unconditional: each trains on its own downsampled data only
-    conditional = getattr(model, "conditions_on_lower_level", True)
-
     total = x0.new_zeros((), dtype=torch.float32)
     per_level: dict[int, Tensor] = {}
     for i in ids:
@@ -251,7 +248,7 @@ def multires_loss(
         y = downsample(x0, size)
         n = z.sigma.view(-1, 1, 1, 1) * z.eps
         cond = cond_sigma = None
-        if i > 0 and conditional:
+        if is_conditioned(model, i):  # C2F-DM's levels are not: each trains on its own downsampled data only
             # LowDiff Alg. 1: c = U(D(x0, r_{i-1}) + sigma_c eps_c, r_i)
             low = downsample(x0, model.levels[i - 1].size)
             cond = upsample(low + z.sigma_c.view(-1, 1, 1, 1) * z.eps_c, size, "nearest")

@@ -10,6 +10,7 @@ import numpy as np
 DATA_ORDER = 1  # the permutation of the dataset in each epoch
 LOSS_NOISE = 2  # sigma and eps draws of the loss (the same on every rank: global batch)
 MODEL_RNG = 3  # torch's global RNG, for whatever the model draws itself (dropout ...)
+RETROFIT = 4  # the layers a retrofit adds to the starting network (TrainRecipe.build)
 
 
 def derive_seed(seed: int, stream: int, *counters: int) -> int:

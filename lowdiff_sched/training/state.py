@@ -12,7 +12,6 @@ A process killed mid-write (kill -9, power cut) leaves its hidden temporary file
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,7 +19,6 @@ from typing import Any, Iterable
 import torch
 
 from .. import outputs
-from ..outputs import atomic_path
 from ..tensorfiles import load_tensor_file
 
 FORMAT = "lowdiff-sched-train/1"
@@ -55,11 +53,7 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 def save_checkpoint(out_dir: str | Path, state: dict[str, Any], *, keep: int | None = None) -> Path:
     """Write `state` (which holds "step") atomically; then drop all but the newest `keep`."""
     path = checkpoint_path(out_dir, int(state["step"]))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before it replaces anything, or older ones are pruned
+    outputs.save_torch({"format": FORMAT, **state}, path)  # on disk before older ones are pruned
     if keep is not None:
         for _, old in list_checkpoints(out_dir)[:-keep]:
             old.unlink(missing_ok=True)

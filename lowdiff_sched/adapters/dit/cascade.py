@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ...flow import velocity_denoiser
-from ...protocol import Level, check_level_input, level_one_hot
+from ...protocol import CascadeDefaults, Level, check_condition, check_level_input, check_level_sizes, level_one_hot
 from .networks import FinalLayer, LightningDiT, PatchEmbed, RoPE, sincos_2d
 
 Velocity = Callable[[Tensor, Tensor, Tensor], Tensor]  # v(z_t, t, class ids)
@@ -70,7 +70,7 @@ def _guidance(extra: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
-class _FlowCascade(nn.Module):
+class _FlowCascade(nn.Module, CascadeDefaults):
     """What the DiT cascades share: class ids, guidance and the velocity -> x0 conversion."""
 
     net: LightningDiT
@@ -97,8 +97,10 @@ class _Retrofit(_FlowCascade):
     and RoPE tables of its token grid (stored, so a checkpoint says its levels)."""
 
     def _retrofit_levels(self, net: LightningDiT, levels: Sequence[int], who: str) -> tuple[int, ...]:
-        sizes = _check_levels(net, levels, who)
+        if not isinstance(net, LightningDiT):
+            raise ValueError(f"{who} needs a LightningDiT, got {type(net).__name__}")
         cfg = net.config
+        sizes = check_level_sizes(levels, cfg.input_size, multiple=cfg.patch_size, min_levels=2)
         self.net, self.level_sizes = net, sizes
         self.levels = tuple(Level((r, r), cfg.in_channels) for r in sizes)
         grids = [r // cfg.patch_size for r in sizes[:-1]]
@@ -123,19 +125,6 @@ class DiTCascade(_FlowCascade):
         if cond is not None:
             raise ValueError("DiTCascade has one level and takes no condition")
         return self._denoise(self.net, x, sigma, class_labels, extra)
-
-
-def _check_levels(net: LightningDiT, levels: Sequence[int], who: str) -> tuple[int, ...]:
-    if not isinstance(net, LightningDiT):
-        raise ValueError(f"{who} needs a LightningDiT, got {type(net).__name__}")
-    cfg = net.config
-    sizes = tuple(int(r) for r in levels)
-    if len(sizes) < 2 or list(sizes) != sorted(set(sizes)) or sizes[-1] != cfg.input_size:
-        raise ValueError(f"levels must be at least two increasing latent sizes ending at the network's {cfg.input_size}, got {sizes}")
-    bad = [r for r in sizes if r % cfg.patch_size]
-    if bad:
-        raise ValueError(f"level sizes must be multiples of the patch size {cfg.patch_size}, got {bad}")
-    return sizes
 
 
 class LowDiffDiT(_Retrofit):
@@ -211,10 +200,7 @@ class LowDiffDiT(_Retrofit):
         `cond_sigma`), already at this level's size. The condition enters in flow scale,
         z_cond = cond / (1 + cond_sigma), as the sample itself does."""
         level = check_level_input(self.levels, level, x)
-        if level == 0 and cond is not None:
-            raise ValueError("level 0 is unconditional: cond must be None")
-        if level > 0 and cond is None:
-            raise ValueError(f"level {level} is conditioned on the level below: cond is required")
+        check_condition(level, cond)
         batch = x.shape[0]
         t_cond = None
         if cond is not None:

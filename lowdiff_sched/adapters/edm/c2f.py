@@ -16,12 +16,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ...protocol import Level
-from ...protocol import check_level_input, level_one_hot
-from .inputs import check_level_sizes, check_retrofit, label_rows
+from ...protocol import Level, check_level_input, level_one_hot
+from .inputs import EDMNetCascade, check_retrofit, label_rows
 
 
-class C2FUNet(nn.Module):
+class C2FUNet(EDMNetCascade):
     """An EDM precond network with a resolution-label embedding, as a ResolutionCascade whose
     levels are unconditional (each denoises its own resolution from scratch)."""
 
@@ -29,8 +28,7 @@ class C2FUNet(nn.Module):
 
     def __init__(self, net: nn.Module, levels: Sequence[int]) -> None:
         super().__init__()
-        unet, levels, channels = check_retrofit(net, levels, "C2FUNet")
-        check_level_sizes(unet, levels)
+        unet, levels, channels = check_retrofit(net, levels, "C2FUNet", whole_unet=True)
         self.net = net
         self.level_sizes = levels
         self.levels = tuple(Level((r, r), channels) for r in levels)
@@ -40,10 +38,6 @@ class C2FUNet(nn.Module):
     @classmethod
     def from_edm(cls, net: nn.Module, levels: Sequence[int] = (16, 32)) -> "C2FUNet":
         return cls(net, levels)
-
-    @property
-    def label_dim(self) -> int:
-        return int(self.net.label_dim)
 
     @property
     def parameter_overhead(self) -> int:

@@ -19,16 +19,16 @@ from torch import Tensor, nn
 from torch.nn.functional import silu
 
 from ...kernels import upsample_concat
-from ...protocol import Level, check_level_input, level_one_hot
+from ...protocol import Level, check_condition, check_level_input, level_index, level_one_hot
 from ...resample import UPSAMPLE_MODES
 from ...runs import ModelFormat, register_format
 from .c2f import C2FUNet
 from .stack import LevelStack
-from .inputs import check_retrofit, label_rows
+from .inputs import EDMNetCascade, check_retrofit, label_rows
 from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution, build_checked
 
 
-class LowDiffUNet(nn.Module):
+class LowDiffUNet(EDMNetCascade):
     """A retrofitted EDM precond network implementing `ResolutionCascade`.
 
     Parameters of the original network keep their names under `net.`; new ones live in
@@ -106,11 +106,6 @@ class LowDiffUNet(nn.Module):
         return int(last.out_channels)
 
     @property
-    def label_dim(self) -> int:
-        """Number of classes the backbone is conditioned on (0: unconditional)."""
-        return int(self.net.label_dim)
-
-    @property
     def parameter_overhead(self) -> int:
         """Parameters added by the retrofit."""
         return sum(p.numel() for p in self.parameters()) - sum(p.numel() for p in self.net.parameters())
@@ -160,10 +155,7 @@ class LowDiffUNet(nn.Module):
         (D = c_skip x + c_out F(c_in x, c_in(sigma_c) cond, c_noise)); float32 out."""
         level = check_level_input(self.levels, level, x)
         lv = self.levels[level]
-        if level == 0 and cond is not None:
-            raise ValueError("level 0 is unconditional: cond must be None")
-        if level > 0 and cond is None:
-            raise ValueError(f"level {level} is conditioned on the level below: cond is required")
+        check_condition(level, cond)
         net = self.net
         x = x.to(torch.float32)
         batch = x.shape[0]
@@ -188,7 +180,7 @@ class LowDiffUNet(nn.Module):
         return c_skip * x + c_out * F_x.to(torch.float32)
 
 
-class EDMCascade(nn.Module):
+class EDMCascade(EDMNetCascade):
     """An unmodified EDM precond network as a one-level ResolutionCascade: the
     single-resolution baseline, sampled by any k-diffusion sampler through the same plans."""
 
@@ -197,14 +189,10 @@ class EDMCascade(nn.Module):
         self.net = net
         self.levels = (Level((int(net.img_resolution),) * 2, int(net.img_channels)),)
 
-    @property
-    def label_dim(self) -> int:
-        """Number of classes the network is conditioned on (0: unconditional)."""
-        return int(self.net.label_dim)
-
     def denoise(self, x: Tensor, sigma: Tensor, *, level: int, cond: Tensor | None = None,
                 cond_sigma: Tensor | float | None = None, class_labels: Tensor | None = None, **extra: Any) -> Tensor:
-        if level not in (0, -1) or cond is not None:
+        level_index(level, 1)
+        if cond is not None:
             raise ValueError("EDMCascade has one level and takes no condition")
         return self.net(x, sigma, class_labels=class_labels)
 
@@ -277,6 +265,8 @@ def _build(network: dict[str, Any], levels: list[int], method: str, options: dic
     """The untrained EDM cascade a spec describes (the backbone checked before it is built)."""
     if set(network) != {"class_name", "init_kwargs"}:
         raise ValueError(f'"network" must be {{"class_name": ..., "init_kwargs": {{...}}}}, got {network!r:.200}')
+    if method not in METHODS:
+        raise ValueError(f'"method" of an EDM model must be one of {METHODS}, got {method!r:.80}')
     expected = {"cond", "embed_cond_sigma"} if method == "lowdiff" else set()
     if set(options) != expected:
         raise ValueError(f'"options" of method {method!r} must be {sorted(expected)}, got {sorted(options)}')

@@ -24,7 +24,6 @@ import io
 import os
 import pickle
 import types
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from ...errors import first_line as _first_line
+from ...outputs import save_torch
 from ...tensorfiles import WeightsOnlyError, is_torch_file, load_weights_only
 
 __all__ = [
@@ -373,19 +373,7 @@ def save_checkpoint(
         "init_kwargs": _plain(kwargs, "init_kwargs"),
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
     }
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        # O_EXCL: never write through a stranger's file; mode 0o666 lets the umask apply as usual.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    save_torch(payload, path)
     return path
 
 

@@ -19,10 +19,10 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from ...protocol import Level, check_level_input
-from .inputs import check_level_sizes, check_retrofit
+from .inputs import EDMNetCascade, check_retrofit
 
 
-class LevelStack(nn.Module):
+class LevelStack(EDMNetCascade):
     """One EDM precond network per level (`nets[-1]` is the original), as a ResolutionCascade
     whose levels are unconditional."""
 
@@ -31,8 +31,7 @@ class LevelStack(nn.Module):
     def __init__(self, nets: Sequence[nn.Module], levels: Sequence[int]) -> None:
         super().__init__()
         nets = list(nets)
-        unet, sizes, channels = check_retrofit(nets[-1], levels, "LevelStack")
-        check_level_sizes(unet, sizes)
+        _, sizes, channels = check_retrofit(nets[-1], levels, "LevelStack", whole_unet=True)
         if len(nets) != len(sizes):
             raise ValueError(f"LevelStack needs one network per level ({len(sizes)}), got {len(nets)}")
         for r, net in zip(sizes, nets):
@@ -47,10 +46,6 @@ class LevelStack(nn.Module):
     def from_edm(cls, net: nn.Module, levels: Sequence[int] = (16, 32)) -> "LevelStack":
         """`net` as the top level and a copy of it, to be fine-tuned, for each lower level."""
         return cls([*(copy.deepcopy(net) for _ in list(levels)[:-1]), net], levels)
-
-    @property
-    def label_dim(self) -> int:
-        return int(self.nets[-1].label_dim)
 
     @property
     def net(self) -> nn.Module:
