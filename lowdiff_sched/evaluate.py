@@ -72,6 +72,25 @@ def reference_stats(classifier: Any) -> tuple[Tensor, Tensor]:
     return DigitJudge(classifier).reference
 
 
+def judge_for(spec: Any, cascade: ResolutionCascade, reference: Any = None, inception_weights: str | Path | None = None,
+              n: int = 2, device: torch.device | str = "cpu") -> Judge:
+    """The judge `eval` scores a registered model (`models.ModelSpec`) with: the Inception
+    metrics against `reference` (`inception.ReferenceStats`) when given, checked against the
+    model's image size and the sample count `n`; else the model's own judge."""
+    if reference is not None:
+        from .inception import InceptionJudge, load_inception
+
+        judge = InceptionJudge(reference, load_inception(inception_weights, device), spec.value_range)
+        judge.check_count(n)
+        if not spec.latent:
+            judge.check_size(cascade.levels[-1].size)
+        return judge
+    if spec.judge is None:
+        raise ValueError(f"--ref is required for model {spec.name} (it has no judge of its own); make one with: "
+                         f"lowdiff-sched ref-stats DATA --out STATS.npz")
+    return spec.judge(cascade)
+
+
 @torch.no_grad()
 def evaluate(
     cascade: ResolutionCascade,

@@ -9,6 +9,8 @@ job on N processes writes exactly the files a one-process job writes.
 
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -144,3 +146,44 @@ def load_latent_decoding(channels: int, stats_path: str | Path | None, vae_path:
         if decoder.config.embed_dim != channels:
             raise ValueError(f"--vae {vae_path} decodes {decoder.config.embed_dim}-channel latents; the model makes {channels}")
     return LatentDecoding(stats, decoder)
+
+
+class SampleJob:
+    """A sampling job into a folder once its inputs are checked (what `lowdiff-sched sample`
+    runs): this process's batches, sampled with a progress bar, and their files."""
+
+    def __init__(self, cascade: ResolutionCascade, plan: CascadePlan, out: Path, device: str | torch.device, procs: Processes,
+                 extra: dict[str, Any] | None = None, progress: bool = False) -> None:
+        self.cascade, self.plan, self.out, self.device, self.procs, self.extra = cascade, plan, out, device, procs, extra
+        self.progress = progress
+
+    def _batches(self, seeds: list[int], labels: list[int] | None, batch: int):  # type: ignore[no-untyped-def]
+        from tqdm.auto import tqdm
+
+        mine = deal_batches(seeds, labels, batch, self.procs)
+        steps = sum(stage.steps for stage in self.plan.stages) * len(mine)
+        with tqdm(total=steps, disable=not self.progress, unit="step", desc="sampling", file=sys.stderr) as bar:
+            for b in mine:
+                yield b, sample_batch(self.cascade, self.plan, b, self.device, self.extra, callback=lambda info: bar.update(1))
+
+    def pixels(self, seeds: list[int], labels: list[int] | None, batch: int, value_range: tuple[float, float],
+               ncol: int | None) -> str:
+        """Sample image models: PNGs per seed, grid.png and samples.npz (rank 0 writes)."""
+        written = finish_pixels(self.out, list(self._batches(seeds, labels, batch)), self.procs, value_range, ncol)
+        return f"{len(seeds)} PNGs, {written['grid'].name} and {written['npz'].name}" if written else ""
+
+    def latents(self, seeds: list[int], labels: list[int] | None, batch: int, decoding: LatentDecoding) -> str:
+        """Sample latent models: a latents file per batch, and with a VAE the PNGs and grid.png."""
+        shown = []
+        decoder = decoding.decoder
+        for b, x in self._batches(seeds, labels, batch):
+            write_latents(self.out, b, decoding.to_vae(x), "vae" if decoding.stats is not None else "model")
+            if decoder is not None:
+                pixels = write_images(self.out, b, decoding.images(x))
+                if b.index * batch < GRID_MAX:
+                    shown.append((b.index, b.seeds, pixels))
+        grid_path = finish_grid(self.out, shown, self.procs, None) if decoder is not None else None
+        text = f"{-(-len(seeds) // batch)} latents-*.safetensors files"  # one per batch, over all ranks
+        if decoder is not None:
+            text += f", {len(seeds)} PNGs" + (f" and {grid_path.name}" if grid_path else "")
+        return text

@@ -50,6 +50,7 @@ class ModelFormat:
     legacy_format: str = ""
     upgrade: Callable[[dict[str, Any]], tuple[dict[str, Any], list[int], str, dict[str, Any]]] | None = None
     latent: bool = False  # its samples are latents (decoded with a VAE)
+    describe_backbone: Callable[[nn.Module], str] = lambda model: type(model.net).__name__  # for `info`
 
 
 _FORMATS: dict[str, ModelFormat] = {}
@@ -107,6 +108,30 @@ def read_spec(spec: Any) -> tuple[ModelFormat, dict[str, Any], list[int], str, d
     if not isinstance(spec.get("network"), dict):
         raise ValueError(f'"network" must be an object, got {spec.get("network")!r:.80}')
     return fmt, spec["network"], levels, method, options
+
+
+def model_summary(model: nn.Module) -> list[str]:
+    """What `lowdiff-sched info` prints: the backbone network and its size, the levels, and
+    what the retrofit adds (parameters outside `model.net`) for the method the spec names."""
+    from .protocol import label_dim_of
+
+    fmt = next((f for f in _formats().values() if type(model) in f.classes), None)
+    unit = " latents" if fmt is not None and fmt.latent else ""
+    sizes = ", ".join(f"{lv.size[0]}x{lv.size[1]}" + (f"x{lv.channels}" if unit else "") for lv in model.levels)
+    classes = label_dim_of(model)
+    lines = [f"levels     {sizes}{unit}" + (f", {classes} classes" if classes else "")]
+    if fmt is None:
+        return lines
+    method = read_spec(spec_of(model))[3]
+    base = sum(p.numel() for p in model.net.parameters())
+    added = sum(p.numel() for p in model.parameters()) - base
+    lines.insert(0, f"backbone   {fmt.describe_backbone(model)}, {base:,} parameters")
+    if method == "none":
+        lines.append("retrofit   none: the network itself, one level")
+    else:
+        lines.append(f"retrofit   +{added:,} parameters (+{added / base:.3%}) for {type(model).__name__} (method {method}): "
+                     f"{base / 1e6:.2f}M -> {(base + added) / 1e6:.2f}M")
+    return lines
 
 
 def same_model(a: Any, b: Any) -> bool:

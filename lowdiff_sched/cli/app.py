@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -106,7 +105,7 @@ def sample(
     with user_errors():
         from lowdiff_sched import presets
         from lowdiff_sched.devices import check_device
-        from lowdiff_sched.generate import SAMPLE_FILES, load_latent_decoding
+        from lowdiff_sched.generate import SAMPLE_FILES, SampleJob, load_latent_decoding
         from lowdiff_sched.models import load_for_plan, model_spec
         from lowdiff_sched.outputs import check_out_dir, claim_out_dir
         from lowdiff_sched.training.distributed import gather_objects, join_processes
@@ -135,7 +134,7 @@ def sample(
             labels = _labels(cascade, model, seed_list, label_list)
             extra = {k: v for k, v in (("cfg_scale", cfg_scale), ("cfg_interval_start", cfg_interval_start),
                                         ("cfg_channels", cfg_channels)) if v is not None}
-            job = _SampleJob(cascade, cascade_plan, out, run_device, procs, extra, progress and procs.is_main)
+            job = SampleJob(cascade, cascade_plan, out, run_device, procs, extra, progress and procs.is_main)
             decoding = load_latent_decoding(cascade.levels[-1].channels, latent_stats, vae, run_device) if spec.latent else None
             with claim_out_dir(out, SAMPLE_FILES, overwrite) if procs.is_main else nullcontext(out):
                 gather_objects(None, procs)  # the other ranks write only once rank 0 holds the folder
@@ -155,48 +154,6 @@ def sample(
                 f"(NFE {'+'.join(map(str, cascade_plan.nfe()))}) in {seconds:.2f} s{where}"
             )
             typer.echo(f"wrote {written} to {out}/")
-
-
-class _SampleJob:
-    """The work of `sample` once its inputs are checked: this rank's batches and their files."""
-
-    def __init__(self, cascade, plan, out: Path, device: str, procs, extra: dict, progress: bool) -> None:  # type: ignore[no-untyped-def]
-        self.cascade, self.plan, self.out, self.device, self.procs, self.extra = cascade, plan, out, device, procs, extra
-        self.progress = progress
-
-    def _batches(self, seeds: list[int], labels: Optional[list[int]], batch: int):  # type: ignore[no-untyped-def]
-        from tqdm.auto import tqdm
-
-        from lowdiff_sched.generate import deal_batches, sample_batch
-
-        mine = deal_batches(seeds, labels, batch, self.procs)
-        steps = sum(stage.steps for stage in self.plan.stages) * len(mine)
-        with tqdm(total=steps, disable=not self.progress, unit="step", desc="sampling", file=sys.stderr) as bar:
-            for b in mine:
-                yield b, sample_batch(self.cascade, self.plan, b, self.device, self.extra, callback=lambda info: bar.update(1))
-
-    def pixels(self, seeds: list[int], labels: Optional[list[int]], batch: int, value_range, ncol: Optional[int]) -> str:  # type: ignore[no-untyped-def]
-        from lowdiff_sched.generate import finish_pixels
-
-        written = finish_pixels(self.out, list(self._batches(seeds, labels, batch)), self.procs, value_range, ncol)
-        return f"{len(seeds)} PNGs, {written['grid'].name} and {written['npz'].name}" if written else ""
-
-    def latents(self, seeds: list[int], labels: Optional[list[int]], batch: int, decoding) -> str:  # type: ignore[no-untyped-def]
-        from lowdiff_sched.generate import GRID_MAX, finish_grid, write_images, write_latents
-
-        shown = []
-        decoder = decoding.decoder
-        for b, x in self._batches(seeds, labels, batch):
-            write_latents(self.out, b, decoding.to_vae(x), "vae" if decoding.stats is not None else "model")
-            if decoder is not None:
-                pixels = write_images(self.out, b, decoding.images(x))
-                if b.index * batch < GRID_MAX:
-                    shown.append((b.index, b.seeds, pixels))
-        grid_path = finish_grid(self.out, shown, self.procs, None) if decoder is not None else None
-        text = f"{-(-len(seeds) // batch)} latents-*.safetensors files"  # one per batch, over all ranks
-        if decoder is not None:
-            text += f", {len(seeds)} PNGs" + (f" and {grid_path.name}" if grid_path else "")
-        return text
 
 
 def _labels(cascade, name: str, seeds: list[int], class_labels: Optional[list[int]]) -> Optional[list[int]]:  # type: ignore[no-untyped-def]
@@ -290,63 +247,22 @@ def info(
     Example: lowdiff-sched info edm-cifar10-32x32-uncond-vp.pkl --levels 8,16,32
     """
     with user_errors():
+        from lowdiff_sched.adapters.dit.sizes import meta_cascade
+        from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet
         from lowdiff_sched.adapters.edm.snapshots import load_edm
-        from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet, backbone_loss
-        from lowdiff_sched.runs import load_run
-        from lowdiff_sched.models import load_model, model_names
-        from lowdiff_sched.models import model_spec as registered
+        from lowdiff_sched.models import load_model, model_names, model_spec
+        from lowdiff_sched.runs import load_run, model_summary
 
         path = Path(model)
         if model in model_names():
-            typer.echo(f"{model}: {registered(model).description}")
-            if registered(model).latent:
-                _dit_info(model)
-                return
-            cascade = load_model(model)
-            if not hasattr(cascade, "net"):
-                return
+            typer.echo(f"{model}: {model_spec(model).description}")
+            cascade = meta_cascade(model) if model_spec(model).latent else load_model(model)
         elif path.is_dir() or (path.parent / "model.json").is_file():
             cascade = load_run(path)
         else:
             cascade = LowDiffUNet.from_edm(load_edm(path), parse_levels(levels))
-        if not hasattr(cascade.net, "model"):  # a DiT run
-            _dit_info(cascade)
-            return
-        base = sum(p.numel() for p in cascade.net.parameters())
-        extra = getattr(cascade, "parameter_overhead", 0)
-        typer.echo(f"backbone   {type(cascade.net).__name__}({type(cascade.net.model).__name__}), {base:,} parameters, loss {backbone_loss(cascade)}")
-        typer.echo(f"levels     {', '.join(f'{lv.shape[-1]}x{lv.shape[-1]}' for lv in cascade.levels)}"
-                   + (f", {cascade.label_dim} classes" if cascade.label_dim else ""))
-        if isinstance(cascade, LowDiffUNet):
-            typer.echo(f"retrofit   +{extra:,} parameters (+{extra / base:.3%}): {base / 1e6:.2f}M -> {(base + extra) / 1e6:.2f}M")
-        else:
-            typer.echo("retrofit   none: the network itself, one level")
-
-
-def _dit_info(model) -> None:  # type: ignore[no-untyped-def]
-    """Sizes of a named DiT (counted on the meta device, no weights needed) or of a DiT run."""
-    import torch
-
-    from lowdiff_sched.adapters.dit.cascade import LowDiffDiT
-    from lowdiff_sched.adapters.dit.networks import LightningDiT
-    from lowdiff_sched.adapters.dit.sizes import size_config
-
-    if isinstance(model, str):
-        config = size_config(model)
-        with torch.device("meta"):
-            net = LightningDiT(config)
-            cascade = LowDiffDiT(net, (config.input_size // 2, config.input_size))
-    else:
-        cascade, net = model, model.net
-    c = net.config
-    base = sum(p.numel() for p in net.parameters())
-    typer.echo(f"backbone   LightningDiT (depth {c.depth}, width {c.hidden_size}, {c.num_heads} heads, patch {c.patch_size}), "
-               f"{base:,} parameters, loss flow")
-    typer.echo(f"levels     {', '.join(f'{lv.size[0]}x{lv.size[1]}x{lv.channels}' for lv in cascade.levels)} latents, "
-               f"{c.num_classes} classes + null")
-    if len(cascade.levels) > 1:
-        extra = sum(p.numel() for p in cascade.parameters()) - base
-        typer.echo(f"retrofit   +{extra:,} parameters (+{extra / base:.3%}) for {type(cascade).__name__}")
+        for line in model_summary(cascade):
+            typer.echo(line)
 
 
 @app.command("eval")
@@ -379,9 +295,9 @@ def eval_command(
     with user_errors():
         from lowdiff_sched import presets
         from lowdiff_sched.devices import check_device
-        from lowdiff_sched.evaluate import append_csv, check_csv, columns, evaluate
+        from lowdiff_sched.evaluate import append_csv, check_csv, columns, evaluate, judge_for
         from lowdiff_sched.generate import load_latent_decoding
-        from lowdiff_sched.inception import InceptionJudge, ReferenceStats, load_inception, weights_path
+        from lowdiff_sched.inception import ReferenceStats, weights_path
         from lowdiff_sched.models import load_for_plan, model_spec
         from lowdiff_sched.outputs import atomic_path, check_new_file
         from lowdiff_sched.training.distributed import join_processes
@@ -414,15 +330,7 @@ def eval_command(
             run_device = procs.device(device)
             cascade, cascade_plan = load_for_plan(model, plan, run_device, ckpt)
             decoding = load_latent_decoding(cascade.levels[-1].channels, latent_stats, vae, run_device) if spec.latent else None
-            if reference is not None:
-                judge = InceptionJudge(reference, load_inception(inception_weights, run_device), spec.value_range)
-                judge.check_count(n)
-                if not spec.latent:
-                    judge.check_size(cascade.levels[-1].size)
-            elif spec.judge is not None:
-                judge = spec.judge(cascade)
-            else:
-                raise UsageError(f"--ref is required for model {model} (it has no judge of its own); make one with: lowdiff-sched ref-stats DATA --out STATS.npz")
+            judge = judge_for(spec, cascade, reference, inception_weights, n, run_device)
             if csv_out is not None:
                 check_csv(csv_out, columns(list(judge.lower_is_better)))
             result = evaluate(

@@ -20,6 +20,19 @@ def names() -> list[str]:
     return list(SIZES)
 
 
+def meta_cascade(name: str) -> Any:
+    """The LowDiff retrofit (half and full latent size) of a named size, on the meta device:
+    its parameters counted without weights or memory."""
+    import torch
+
+    from .cascade import LowDiffDiT
+    from .networks import LightningDiT
+
+    config = size_config(name)
+    with torch.device("meta"):
+        return LowDiffDiT(LightningDiT(config), (config.input_size // 2, config.input_size))
+
+
 def size_config(name: str, **overrides: Any) -> DiTConfig:
     """The config of a named size (`SIZES`), with fields replaced by `overrides`."""
     if name not in SIZES:

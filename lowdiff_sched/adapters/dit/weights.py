@@ -161,6 +161,8 @@ def _upgrade(spec: dict[str, Any]) -> tuple[dict[str, Any], list[int], str, dict
 DIT_FORMAT = register_format(ModelFormat(
     backbone="dit", classes=(DiTCascade, LowDiffDiT, C2FDiT), describe=_describe, build=_build,
     legacy_format="lowdiff-sched/lowdiff-dit", upgrade=_upgrade, latent=True,
+    describe_backbone=lambda model: (f"LightningDiT (depth {model.net.config.depth}, width {model.net.config.hidden_size}, "
+                                     f"{model.net.config.num_heads} heads, patch {model.net.config.patch_size}), loss flow"),
 ))
 
 

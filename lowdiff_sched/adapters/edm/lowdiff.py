@@ -297,4 +297,5 @@ def _upgrade(spec: dict[str, Any]) -> tuple[dict[str, Any], list[int], str, dict
 EDM_FORMAT = register_format(ModelFormat(
     backbone="edm", classes=(EDMCascade, LowDiffUNet, C2FUNet, LevelStack), describe=_describe, build=_build,
     legacy_format="lowdiff-sched/lowdiff-edm", upgrade=_upgrade,
+    describe_backbone=lambda model: f"{type(model.net).__name__}({type(model.net.model).__name__}), loss {backbone_loss(model)}",
 ))
