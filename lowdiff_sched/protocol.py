@@ -64,7 +64,9 @@ class ResolutionCascade(Protocol):
     `denoise` follows k-diffusion's convention: `x` is the noisy sample at noise std
     `sigma` (shape [B]) and the return value is the x0 estimate. `cond` is the previous
     stage's hand-over, already at this level's size (or None); `cond_sigma` its noise
-    std (shape [B], or None); `extra` is forwarded (class labels, guidance ...).
+    std (shape [B], or None); `extra` is forwarded (class labels, guidance ...). Inside a
+    stage, k-diffusion's steps promote `x` to the schedule's dtype (float64 for a plan's
+    stored sigmas), so `denoise` casts its inputs to its network's dtype.
 
     These two members are all a cascade needs. The optional ones (`label_dim`,
     `conditions_on_lower_level`, `hand_overs`, `device`) are `CascadeDefaults`'s; code
