@@ -420,7 +420,7 @@ def tune_steps(
         from lowdiff_sched.devices import check_device
         from lowdiff_sched.outputs import atomic_path, check_new_file
         from lowdiff_sched.protocol import label_dim_of
-        from lowdiff_sched.sampling import class_label_args, seed_labels
+        from lowdiff_sched.sampling import seed_label_args
 
         check_new_file(out, "--out")
         check_device(device)
@@ -429,10 +429,7 @@ def tune_steps(
         cascade_plan, reference_plan = presets.load_plan(plan), presets.load_plan(reference)
         cascade = load_model(model, device=device)
         seeds = list(range(seed_start, seed_start + max(n_calib, 0)))
-        extra = None
-        label_dim = label_dim_of(cascade)
-        if label_dim and seeds:
-            extra = class_label_args(seed_labels(seeds, label_dim), label_dim, device)
+        extra = seed_label_args(seeds, label_dim_of(cascade), device) if seeds else None
         result = redistribute_timesteps(
             cascade, cascade_plan, reference_plan, n_calib=n_calib, n_candidates=candidates, max_iter=max_iter,
             seeds=seeds, extra_args=extra,
@@ -482,7 +479,7 @@ def search(
         from lowdiff_sched.outputs import atomic_path, check_out_dir, ensure_writable_dir
         from lowdiff_sched.plan_space import SearchSpace
         from lowdiff_sched.protocol import label_dim_of
-        from lowdiff_sched.sampling import class_label_args
+        from lowdiff_sched.sampling import seed_label_args
         from lowdiff_sched.search import check_counts, cheapest, parse_target, saved_level_costs, search_plans
 
         check_out_dir(out, "--out", overwrite=True)  # a search resumes in its own folder
@@ -509,9 +506,7 @@ def search(
         wanted = parse_target(target, metrics) if target is not None else None
         costs = saved_level_costs(out)  # a resumed search keeps the costs measured when it began
         if costs is None:
-            label_dim = label_dim_of(cascade)
-            extra = class_label_args([i % label_dim for i in range(batch)], label_dim, device) if label_dim else None
-            costs = level_costs(cascade, cost, batch, device=device, extra_args=extra)
+            costs = level_costs(cascade, cost, batch, device=device, extra_args=seed_label_args(range(batch), label_dim_of(cascade), device))
         ensure_writable_dir(out)
         result = search_plans(
             cascade, costs, space=space, judge=judge, reference=reference_plan, n_calib=n_calib, n_judge=n_judge,
