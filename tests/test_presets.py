@@ -56,7 +56,7 @@ def edm_karras64(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -
 
 
 def flow_grid64(n: int, shift: float = 0.3) -> np.ndarray:
-    """LightningDiT's Euler grid (REFERENCE section 5) as sigmas, t = 0 replaced by 1000."""
+    """LightningDiT's Euler grid as sigmas, t = 0 replaced by 1000."""
     t = np.linspace(0, 1, n + 1)
     out = np.empty(n + 1)
     out[0] = 1000.0

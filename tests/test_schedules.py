@@ -267,7 +267,7 @@ def test_shift_flow_logsnr_and_sd3(sigmas, factor):
     np.testing.assert_allclose(
         flow_logsnr(b[interior]) - flow_logsnr(a[interior]), -2 * math.log(factor), atol=1e-7
     )
-    # SD3 shift, REFERENCE section 7, written as the logistic of the shifted logSNR:
+    # the SD3 timestep shift (Esser et al. 2024, "Scaling Rectified Flow Transformers"), written as the logistic of the shifted logSNR:
     # s' = 1 / (1 + (1 - s) / (f s))
     np.testing.assert_allclose(b[interior], 1 / (1 + (1 - a[interior]) / (factor * a[interior])), rtol=1e-12)
     assert (b[1:] < b[:-1]).all()
@@ -324,7 +324,7 @@ def test_flow_time_sigma_inverse_and_shift(t, shift):
     tt = torch.tensor(t, dtype=torch.float64)
     sig = flow_time_to_sigma(tt, shift)
     t_np = np.array(t)
-    # unshifted sigma = (1 - t) / t; the shift divides it by s (REFERENCE section 5)
+    # unshifted sigma = (1 - t) / t; the shift divides it by s (LightningDiT's timestep shift)
     ref = (1 - t_np) / t_np / shift
     np.testing.assert_allclose(sig.numpy(), ref, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(flow_time_to_sigma(tt, 1.0).numpy() / shift, sig.numpy(), rtol=1e-9, atol=1e-12)
@@ -355,7 +355,7 @@ def test_flow_time_endpoints(dtype, shift):
 @HYP
 @given(t=st.floats(1e-3, 1.0), shift=st.floats(0.1, 5.0), seed=st.integers(0, 2**31 - 1))
 def test_flow_path_as_kdiffusion_state(t, shift, seed):
-    """x_t = t x0 + (1-t) n in flow time; x_sigma = x_t / t = x0 + sigma n (REFERENCE 5)."""
+    """x_t = t x0 + (1-t) n in flow time; x_sigma = x_t / t = x0 + sigma n (LightningDiT's convention)."""
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(2, 3, dtype=torch.float64, generator=g)
     n = torch.randn(2, 3, dtype=torch.float64, generator=g)
