@@ -321,8 +321,9 @@ def eval_command(
         reference = ReferenceStats.load(ref) if ref is not None else None
         if reference is not None:
             weights_path(inception_weights)  # a missing file is found before any model is loaded
-        if json_out is not None:
-            check_new_file(json_out, "--json")
+        for option, path in (("--json", json_out), ("--csv", csv_out)):  # its columns are checked once the judge is known
+            if path is not None:
+                check_new_file(path, option)
         if plan is not None:
             presets.load_plan(plan)  # a bad plan file is found before the model is loaded
         procs = join_processes(check_device(device))
