@@ -139,3 +139,12 @@ def test_module_entry_point_and_fast_import():
     probe = "import sys, lowdiff_sched; print('k_diffusion' in sys.modules, 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_help_keeps_the_bracketed_defaults():
+    """Rich would read "[the model's default plan]" as markup and drop it: the help shows it."""
+    def shown(command: str) -> str:
+        return " ".join(run(command, "--help").stdout.replace("\u2502", " ").split())  # without the panel's borders
+
+    assert "[the model's default plan]" in shown("sample") and "[all classes]" in shown("sample")
+    assert "[runs/lowdiff]" in shown("train")

@@ -205,7 +205,7 @@ def train(
     progress: bool = typer.Option(True, help="Show a progress bar with the loss per level."),
     log: Optional[str] = typer.Option(
         None, help="jsonl (log.jsonl) or tensorboard: log.jsonl and TensorBoard scalars in OUT/tensorboard "
-        "(pip install 'lowdiff-sched\\[tensorboard]'). \\[jsonl]"  # \[: a bracket, not rich markup
+        "(pip install 'lowdiff-sched[tensorboard]'). [jsonl]"
     ),
 ) -> None:
     """Retrofit an EDM network with LowDiff (LowDiffUNet.from_edm) and fine-tune it with the multi-resolution loss.
@@ -627,6 +627,22 @@ def models() -> None:
 
     for name in model_names():
         typer.echo(f"{name:20s} {model_spec(name).description}")
+
+
+def _literal_brackets(typer_app: typer.Typer) -> None:
+    """Help texts end in "[default]" notes; rich would read them as markup and drop them, so
+    every option's and argument's brackets are escaped once, here."""
+    import inspect
+    import re
+
+    for command in typer_app.registered_commands:
+        for param in inspect.signature(command.callback).parameters.values():  # type: ignore[arg-type]
+            info = param.default
+            if isinstance(info, typer.models.ParameterInfo) and info.help:
+                info.help = re.sub(r"(?<!\\)\[", r"\\[", info.help)
+
+
+_literal_brackets(app)
 
 
 def main() -> None:
