@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .cost import flop_ratios
 from .generate import deal_batches, sample_batch
@@ -65,11 +66,6 @@ def _fmt(name: str, value: float) -> str:
 def columns(metrics: Sequence[str]) -> list[str]:
     """The CSV header of an evaluation reporting `metrics`."""
     return ["model", "plan", "n", *metrics, "seconds_per_64", "nfe", "effective_nfe"]
-
-
-def reference_stats(classifier: Any) -> tuple[Tensor, Tensor]:
-    """Mean and covariance of the classifier's features over the bundled train digits."""
-    return DigitJudge(classifier).reference
 
 
 def judge_for(spec: Any, cascade: ResolutionCascade, reference: Any = None, inception_weights: str | Path | None = None,
@@ -125,8 +121,6 @@ def evaluate(
     mine = deal_batches(seeds, labels, batch, procs)
     parts: list[tuple[int, Tensor]] = []
     seconds = 0.0
-    from tqdm.auto import tqdm
-
     with tqdm(total=len(seeds), disable=not (progress and procs.is_main), unit="sample", desc="evaluating") as bar:
         for b in mine:
             started = time.perf_counter()

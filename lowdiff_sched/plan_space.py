@@ -13,7 +13,7 @@ smaller) and the top level:
 - condition (LowDiff): the low stage runs s_0 .. s_k unshifted and the top level starts from
   fresh noise on Karras(m, 0.01, 50), conditioned on the upsampled noisy result, with m the
   remaining n - k steps (at least 2).
-A model offers the transitions its levels can take (`supported_transitions`).
+A model offers the transitions its levels can take (`protocol.hand_overs_of`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 from .plan import CascadePlan, StagePlan
 from .protocol import ResolutionCascade
-from .protocol import hand_overs_of as supported_transitions  # plan search's name for it
+from .protocol import hand_overs_of
 from .resample import integer_factor
 from .samplers import SAMPLER_NAMES, count_nfe
 from .schedules import karras_sigmas
@@ -148,7 +148,7 @@ def cascades(space: SearchSpace, cascade: ResolutionCascade) -> Iterator[Candida
     """Every two-stage cascade of the space that `cascade` supports: each lower level into the top."""
     levels = list(cascade.levels)
     top = len(levels) - 1
-    kinds = [t for t in space.transitions if t in supported_transitions(cascade)]
+    kinds = [t for t in space.transitions if t in hand_overs_of(cascade)]
     for low in range(top):
         try:
             factor = integer_factor(levels[low].size, levels[top].size)

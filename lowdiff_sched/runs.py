@@ -26,12 +26,12 @@ MAX_PARAMETERS = 2**32
 # ---- model specs -------------------------------------------------------------------------
 # One format for every backbone: {"format": SPEC_FORMAT, "version": SPEC_VERSION,
 # "backbone": "edm" | "dit" | ..., "network": the backbone's architecture (its own JSON data),
-# "levels": [sizes, low -> high], "method": one of METHODS, "options": method options}.
+# "levels": [sizes, low -> high], "method": how the cascade was made from the network ("none":
+# the network itself, one level; the adapter checks its own), "options": the method's settings}.
 # Each adapter registers a ModelFormat: how its cascades become that data and back.
 
 SPEC_FORMAT = "lowdiff-sched/model"
 SPEC_VERSION = 2
-METHODS = ("none", "lowdiff", "c2f", "distill")  # the package's adapters' methods; none: the network itself
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,19 @@ def _formats() -> dict[str, ModelFormat]:
     return _FORMATS
 
 
+def _format_of(model: nn.Module) -> ModelFormat | None:
+    """The registered format that writes `model`'s class, if any."""
+    return next((fmt for fmt in _formats().values() if type(model) in fmt.classes), None)
+
+
 def spec_of(model: nn.Module) -> dict[str, Any]:
     """The JSON model spec of a trainable cascade of any registered backbone."""
-    for fmt in _formats().values():
-        if type(model) in fmt.classes:
-            network, levels, method, options = fmt.describe(model)
-            return {"format": SPEC_FORMAT, "version": SPEC_VERSION, "backbone": fmt.backbone, "network": network,
-                    "levels": [int(r) for r in levels], "method": method, "options": options}
-    raise ValueError(f"no registered model format writes {type(model).__name__}")
+    fmt = _format_of(model)
+    if fmt is None:
+        raise ValueError(f"no registered model format writes {type(model).__name__}")
+    network, levels, method, options = fmt.describe(model)
+    return {"format": SPEC_FORMAT, "version": SPEC_VERSION, "backbone": fmt.backbone, "network": network,
+            "levels": [int(r) for r in levels], "method": method, "options": options}
 
 
 def read_spec(spec: Any) -> tuple[ModelFormat, dict[str, Any], list[int], str, dict[str, Any]]:
@@ -102,7 +107,7 @@ def read_spec(spec: Any) -> tuple[ModelFormat, dict[str, Any], list[int], str, d
     if not isinstance(levels, list) or not levels or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in levels):
         raise ValueError(f'"levels" must be a non-empty list of positive ints, got {levels!r:.200}')
     if not isinstance(method, str) or not method:
-        raise ValueError(f'"method" must be a name (this package\'s adapters use {", ".join(METHODS)}), got {method!r:.80}')
+        raise ValueError(f'"method" must be a name, got {method!r:.80}')
     if not isinstance(options, dict):
         raise ValueError(f'"options" must be an object, got {options!r:.80}')
     if not isinstance(spec.get("network"), dict):
@@ -115,14 +120,14 @@ def model_summary(model: nn.Module) -> list[str]:
     what the retrofit adds (parameters outside `model.net`) for the method the spec names."""
     from .protocol import label_dim_of
 
-    fmt = next((f for f in _formats().values() if type(model) in f.classes), None)
+    fmt = _format_of(model)
     unit = " latents" if fmt is not None and fmt.latent else ""
     sizes = ", ".join(f"{lv.size[0]}x{lv.size[1]}" + (f"x{lv.channels}" if unit else "") for lv in model.levels)
     classes = label_dim_of(model)
     lines = [f"levels     {sizes}{unit}" + (f", {classes} classes" if classes else "")]
     if fmt is None:
         return lines
-    method = read_spec(spec_of(model))[3]
+    method = fmt.describe(model)[2]
     base = sum(p.numel() for p in model.net.parameters())
     added = sum(p.numel() for p in model.parameters()) - base
     lines.insert(0, f"backbone   {fmt.describe_backbone(model)}, {base:,} parameters")

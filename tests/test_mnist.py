@@ -20,7 +20,7 @@ from lowdiff_sched.classifier import heldout_accuracy, load_classifier
 from lowdiff_sched.cli.app import app
 from lowdiff_sched.datasets import dataset
 from lowdiff_sched.datasets.mnist import load_mnist, split_indices
-from lowdiff_sched.evaluate import append_csv, evaluate, reference_stats
+from lowdiff_sched.evaluate import append_csv, evaluate
 from lowdiff_sched.judges import DigitJudge
 from lowdiff_sched.metrics import frechet_distance
 from lowdiff_sched.models import load_model
@@ -96,7 +96,7 @@ def classifier():
 def test_shipped_classifier_accuracy_and_features(classifier):
     assert heldout_accuracy(classifier) >= 0.97
     # FD-MNIST separates real digits from the same digits with shuffled pixels
-    ref = reference_stats(classifier)
+    ref = DigitJudge(classifier).reference
     held, _ = load_mnist("heldout")
     gen = torch.Generator().manual_seed(0)
     shuffled = held.flatten(1)[:, torch.randperm(32 * 32, generator=gen)].view_as(held)

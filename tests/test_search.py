@@ -29,9 +29,8 @@ from lowdiff_sched.plan_space import (
     candidates,
     cascades,
     single_resolution,
-    supported_transitions,
 )
-from lowdiff_sched.protocol import Level
+from lowdiff_sched.protocol import Level, hand_overs_of
 from lowdiff_sched.resample import upsample
 from lowdiff_sched.samplers import count_nfe, history_sampler, sample_dpmpp_2m
 from lowdiff_sched.sampling import sample_cascade
@@ -351,7 +350,7 @@ def test_models_get_the_hand_overs_they_support(cascade, families):
     space = SearchSpace(samplers=("euler",), cascade_samplers=("euler",), nfe=(2, 4), cascade_steps=3)
     assert {c.family for c in candidates(space, cascade)} == families
     if len(cascade.levels) > 1:
-        assert set(supported_transitions(cascade)) == families - {"single"}
+        assert set(hand_overs_of(cascade)) == families - {"single"}
     only = SearchSpace(**{**space.to_dict(), "transitions": ("continue",)})
     assert {c.family for c in candidates(only, cascade)} == families & {"single", "continue"}
 

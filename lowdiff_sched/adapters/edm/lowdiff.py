@@ -224,7 +224,7 @@ def build_network(class_name: str, init_kwargs: dict[str, Any]) -> nn.Module:
     return net
 
 
-METHODS = ("none", "lowdiff", "c2f", "distill")  # runs.METHODS: none is the network itself
+METHODS = ("none", "lowdiff", "c2f", "distill")  # none: the network itself, one level
 
 
 def cascade_of(
