@@ -602,6 +602,40 @@ def plan_command(
             typer.echo(f"wrote {plot}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Build the datasets the shipped models were trained on.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("emoji")
+def data_emoji(
+    out: Optional[Path] = typer.Option(None, help="Folder for emoji-train.zip and emoji-heldout.zip (replaced if there). [$LOWDIFF_EMOJI_DATA or data/emoji]"),
+    tarballs: Optional[Path] = typer.Option(None, help="Folder holding the two pinned npm tarballs; any missing is fetched into it with npm pack. [a temporary folder]"),
+) -> None:
+    """Fetch the Noto and Twemoji 64x64 artwork (npm packages emoji-datasource-google and
+    -twitter 16.0.0, integrity pinned), flatten it onto white and write the train and
+    held-out splits in EDM's zip layout, labelled by category.
+
+    Example: lowdiff-sched data emoji --out data/emoji
+    """
+    with user_errors():
+        import tempfile
+
+        from lowdiff_sched.datasets import emoji_dir
+        from lowdiff_sched.datasets.emoji import SPLIT_FILES, build_emoji_dataset, fetch_emoji_packages
+        from lowdiff_sched.outputs import check_new_file
+
+        out = out if out is not None else emoji_dir()
+        for name in SPLIT_FILES.values():
+            check_new_file(out / name, "--out")
+        if tarballs is not None and tarballs.exists() and not tarballs.is_dir():
+            raise UsageError(f"--tarballs {str(tarballs)!r} is a file, not a folder")
+        with tempfile.TemporaryDirectory() if tarballs is None else nullcontext(str(tarballs)) as folder:
+            summary = build_emoji_dataset(fetch_emoji_packages(Path(folder)), out)
+        for split, info in summary.items():
+            classes = ", ".join(f"{name} {count}" for name, count in info["per_class"].items())
+            typer.echo(f"wrote {info['file']}: {info['images']} images ({classes})")
+
+
 @app.command("presets")
 def presets_command() -> None:
     """List the preset plans with their per-stage NFE (ours, and the paper's).
@@ -635,7 +669,8 @@ def _literal_brackets(typer_app: typer.Typer) -> None:
     import inspect
     import re
 
-    for command in typer_app.registered_commands:
+    groups = [group.typer_instance for group in typer_app.registered_groups if group.typer_instance is not None]
+    for command in [*typer_app.registered_commands, *(c for g in groups for c in g.registered_commands)]:
         for param in inspect.signature(command.callback).parameters.values():  # type: ignore[arg-type]
             info = param.default
             if isinstance(info, typer.models.ParameterInfo) and info.help:

