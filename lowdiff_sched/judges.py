@@ -3,20 +3,24 @@
 A judge scores a batch of final samples (and their class ids) and returns, per metric, the
 value and a bootstrap interval over the samples. `lower_is_better` names the direction of
 each metric, so the plan search can build a Pareto front on the first one (`primary`).
-Two are built in: the digit classifier's FD and class accuracy for the MNIST models
-(`DigitJudge`), and the exact Frechet distance to the law of the Gaussian oracle
-(`OracleJudge`). `paired_difference` compares two plans run on the same seeds.
+Three are built in: the digit classifier's FD and class accuracy for the MNIST models
+(`DigitJudge`); the emoji classifier's FD, KID and class accuracy with the sliced
+Wasserstein distance of Laplacian-pyramid patches, which sees lost fine detail, for the
+emoji models (`EmojiJudge`); and the exact Frechet distance to the law of the Gaussian
+oracle (`OracleJudge`). `paired_difference` compares two plans run on the same seeds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
-from .metrics import frechet_distance, gaussian_stats
+from .laplacian_swd import SWDReference, patch_descriptors
+from .metrics import frechet_distance, gaussian_stats, kernel_distance, kernel_within
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,109 @@ class DigitJudge:
         out = {"fd": frechet_distance(features, self.reference)}
         if labels is not None:
             out["accuracy"] = float((self.classifier.head(features).argmax(1) == labels.cpu()).double().mean())
+        return out
+
+
+EMOJI_REFERENCE_FILE = "emoji-reference.safetensors"
+SWD_BANDS = ("swd64", "swd32", "swd16")  # the pyramid's bands, finest first: 64x64 and 32x32 detail, 16x16 low-pass
+PATCHES_PER_IMAGE = 16
+
+
+def balanced_rows(labels: Tensor, per_class: int, seed: int = 0) -> Tensor:
+    """`per_class` row indices of every class (drawn with replacement, seeded), so a reference
+    built from them has the class mix of samples drawn for every class in turn."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for c in range(int(labels.max()) + 1):
+        members = (labels == c).nonzero().flatten()
+        if len(members) == 0:
+            raise ValueError(f"class {c} has no images")
+        rows.append(members[torch.randint(len(members), (per_class,), generator=generator)])
+    return torch.cat(rows)
+
+
+@dataclass
+class EmojiReference:
+    """What `EmojiJudge` compares samples with, computed once from train images: the
+    classifier features' Gaussian (FD), a subset of the features themselves (KID) and the
+    patch quantiles per pyramid band (SWD)."""
+
+    mu: Tensor
+    sigma: Tensor
+    kid_features: Tensor
+    swd: SWDReference
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, classifier, images: Tensor, kid_count: int = 1000, seed: int = 0) -> "EmojiReference":  # type: ignore[no-untyped-def]
+        features = torch.cat([classifier.features(chunk) for chunk in images.split(500)])
+        mu, sigma = gaussian_stats(features)
+        kid_rows = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:kid_count]
+        patches = patch_descriptors(images, len(SWD_BANDS), PATCHES_PER_IMAGE, seed)
+        return cls(mu, sigma, features[kid_rows].double(), SWDReference.of(patches, seed=seed))
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        from .outputs import atomic_path
+
+        state = {"mu": self.mu, "sigma": self.sigma, "kid_features": self.kid_features,
+                 **{f"swd.{k}": v for k, v in self.swd.state_dict().items()}}
+        with atomic_path(Path(path)) as tmp:
+            save_file({k: v.float().contiguous() for k, v in state.items()}, str(tmp))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "EmojiReference":
+        """The reference in `path` (default: the one shipped with the package)."""
+        from safetensors.torch import load_file
+
+        from .weights import weight_path
+
+        state = {k: v.double() for k, v in load_file(str(path if path is not None else weight_path(EMOJI_REFERENCE_FILE))).items()}
+        swd = SWDReference.from_state_dict({k[4:]: v for k, v in state.items() if k.startswith("swd.")})
+        return cls(state["mu"], state["sigma"], state["kid_features"], swd)
+
+
+class EmojiJudge:
+    """For 64x64 emoji: FD-emoji and KID (the emoji classifier's 128-D features against the
+    train split's, every class weighted alike), class accuracy, and the sliced Wasserstein
+    distance of Laplacian-pyramid patches per band (`swd64` is the finest detail) and their
+    mean (`swd`). A category classifier's features barely move when fine detail is lost,
+    which is how a cascade fails; the SWD bands see it."""
+
+    primary = "fd"
+    lower_is_better = {"fd": True, "kid": True, "swd": True, **{band: True for band in SWD_BANDS}, "accuracy": False}
+
+    def __init__(self, classifier=None, reference: EmojiReference | None = None) -> None:  # type: ignore[no-untyped-def]
+        from .classifier import EMOJI_CLASSIFIER_FILE, EmojiClassifier, load_classifier
+        from .weights import weight_path
+
+        self.classifier = classifier if classifier is not None else load_classifier(weight_path(EMOJI_CLASSIFIER_FILE), EmojiClassifier())
+        self.reference = reference if reference is not None else EmojiReference.load()
+        self._kid_within = kernel_within(self.reference.kid_features)
+
+    @torch.no_grad()
+    def features(self, samples: Tensor) -> Tensor:
+        """Per sample: the classifier's 128 features, then its patches of every band."""
+        samples = samples.cpu()
+        features = torch.cat([self.classifier.features(chunk) for chunk in samples.split(500)])
+        patches = patch_descriptors(samples, len(SWD_BANDS), PATCHES_PER_IMAGE)
+        return torch.cat([features.double(), *(p.flatten(1).double() for p in patches)], dim=1)
+
+    @torch.no_grad()
+    def metrics(self, features: Tensor, labels: Tensor | None) -> dict[str, float]:
+        from .classifier import FEATURES
+
+        classifier_features, patches = features[:, :FEATURES], features[:, FEATURES:]
+        bands = [band.reshape(-1, PATCHES_PER_IMAGE, band.shape[1] // PATCHES_PER_IMAGE)
+                 for band in patches.chunk(len(SWD_BANDS), dim=1)]
+        swd = self.reference.swd.distances(bands)
+        out = {"fd": frechet_distance(classifier_features, (self.reference.mu, self.reference.sigma)),
+               "kid": kernel_distance(classifier_features, self.reference.kid_features, self._kid_within),
+               "swd": sum(swd) / len(swd), **dict(zip(SWD_BANDS, swd))}
+        if labels is not None:
+            logits = self.classifier.head(classifier_features.float())
+            out["accuracy"] = float((logits.argmax(1) == labels.cpu()).double().mean())
         return out
 
 
