@@ -13,11 +13,15 @@ smaller) and the top level:
 - condition (LowDiff): the low stage runs s_0 .. s_k unshifted and the top level starts from
   fresh noise on Karras(m, 0.01, 50), conditioned on the upsampled noisy result, with m the
   remaining n - k steps (at least 2).
+With `stages=3`, continue and renoise also split the schedule twice, at k1 < k2, through two
+lower levels: s_0/f0 .. s_k1/f0 at the lowest, s_k1/f1 .. s_k2/f1 at the middle one, then
+s_k2 .. s_n at the top (f0, f1 each level's factor below the top).
 A model offers the transitions its levels can take (`protocol.hand_overs_of`).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterator, Sequence
 
@@ -47,7 +51,8 @@ def _sampler(name: str) -> tuple[str, dict[str, Any]]:
 @dataclass(frozen=True)
 class SearchSpace:
     """Which plans to try. `nfe` bounds the model evaluations of a single-resolution plan
-    (cascades: of the schedule they split); `cascade_steps` the steps of a split schedule."""
+    (cascades: of the schedule they split); `cascade_steps` the steps of a split schedule;
+    `stages` the most stages of a cascade (3: Continue and Renoise through two lower levels)."""
 
     samplers: tuple[str, ...] = (*SAMPLER_NAMES, "dpmpp_3m")
     cascade_samplers: tuple[str, ...] = ("dpmpp_2m", "dpmpp_3m", "euler", "heun")
@@ -57,6 +62,7 @@ class SearchSpace:
     sigma_max: float = 80.0
     transitions: tuple[str, ...] = TRANSITIONS
     cascade_steps: int = 12
+    stages: int = 2
 
     def __post_init__(self) -> None:
         known = set(SAMPLER_NAMES) | {"dpmpp_3m"}
@@ -78,6 +84,8 @@ class SearchSpace:
             raise ValueError(f"SearchSpace.sigma_mins must lie in (0, sigma_max={self.sigma_max}), got {self.sigma_mins!r}")
         if isinstance(self.cascade_steps, bool) or not isinstance(self.cascade_steps, int) or self.cascade_steps < 2:
             raise ValueError(f"SearchSpace.cascade_steps must be an int >= 2, got {self.cascade_steps!r}")
+        if self.stages not in (2, 3) or isinstance(self.stages, bool):
+            raise ValueError(f"SearchSpace.stages must be 2 or 3, got {self.stages!r}")
         for name in ("nfe", "rhos", "sigma_mins", "transitions"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
@@ -145,29 +153,34 @@ def single_resolution(space: SearchSpace, top: int) -> Iterator[Candidate]:
 
 
 def cascades(space: SearchSpace, cascade: ResolutionCascade) -> Iterator[Candidate]:
-    """Every two-stage cascade of the space that `cascade` supports: each lower level into the top."""
+    """Every cascade of the space that `cascade` supports: each lower level into the top, and
+    with `space.stages == 3` each pair of lower levels into the top (Continue, Renoise)."""
     levels = list(cascade.levels)
     top = len(levels) - 1
     kinds = [t for t in space.transitions if t in hand_overs_of(cascade)]
-    for low in range(top):
+    chains = [(low,) for low in range(top)]
+    if space.stages == 3:
+        chains += [(low, mid) for low in range(top) for mid in range(low + 1, top)]
+    for chain in chains:
         try:
-            factor = integer_factor(levels[low].size, levels[top].size)
+            factors = [integer_factor(levels[i].size, levels[top].size) for i in chain]
         except ValueError:
             continue
+        where = "+".join(str(levels[i].size[0]) for i in chain)
         for kind in kinds:
-            if kind == "condition" and low != top - 1:
-                continue  # LowDiff conditions a level on the one right below it
+            if kind == "condition" and chain != (top - 1,):
+                continue  # LowDiff conditions a level on the one right below it, in two stages here
             for name in space.cascade_samplers:
                 sampler, kwargs = _sampler(name)
                 for rho in space.rhos:
                     for sigma_min in space.sigma_mins:
-                        for steps in range(2, space.cascade_steps + 1):
+                        for steps in range(len(chain) + 1, space.cascade_steps + 1):
                             sigmas = _karras(steps, sigma_min, space.sigma_max, rho)
                             if sigmas is None:
                                 continue
-                            for k in range(1, steps):
-                                for plan in _split(kind, sigmas, k, factor, low, top, sampler, kwargs, rho):
-                                    tag = f"{kind}-{name}-{steps}-k{k}-L{levels[low].size[0]}-{_tag(rho, sigma_min)}"
+                            for splits in itertools.combinations(range(1, steps), len(chain)):
+                                for plan in _split(kind, sigmas, splits, factors, chain, top, sampler, kwargs, rho):
+                                    tag = f"{kind}-{name}-{steps}-k{'+'.join(map(str, splits))}-L{where}-{_tag(rho, sigma_min)}"
                                     try:
                                         yield Candidate(CascadePlan(plan, name=tag + plan_suffix(plan)), kind,
                                                         kind == "continue" and name in DETERMINISTIC)
@@ -180,15 +193,18 @@ def plan_suffix(stages: Sequence[StagePlan]) -> str:
     return f"-top{stages[-1].steps}" if isinstance(stages[-1].transition, Condition) else ""
 
 
-def _split(kind: str, sigmas: torch.Tensor, k: int, factor: int, low: int, top: int, sampler: str,
-           kwargs: dict[str, Any], rho: float) -> Iterator[list[StagePlan]]:
+def _split(kind: str, sigmas: torch.Tensor, splits: Sequence[int], factors: Sequence[int], chain: Sequence[int], top: int,
+           sampler: str, kwargs: dict[str, Any], rho: float) -> Iterator[list[StagePlan]]:
+    """The stages of one cascade: `sigmas` cut at `splits`, stage i at level chain[i] (the top last)."""
     try:
         if kind in ("continue", "renoise"):
-            transition = Continue() if kind == "continue" else Renoise()
-            yield [StagePlan(low, sigmas[: k + 1] / factor, sampler, kwargs),
-                   StagePlan(top, sigmas[k:], sampler, kwargs, transition=transition)]
+            hand_over = Continue if kind == "continue" else Renoise
+            cuts = [0, *splits, len(sigmas) - 1]
+            yield [StagePlan(level, sigmas[a:b + 1] / f, sampler, kwargs, **({"transition": hand_over()} if i else {}))
+                   for i, (level, f, a, b) in enumerate(zip((*chain, top), (*factors, 1), cuts, cuts[1:]))]
         else:
-            head = StagePlan(low, sigmas[: k + 1], sampler, kwargs)
+            (k,) = splits
+            head = StagePlan(chain[0], sigmas[: k + 1], sampler, kwargs)
             tail = _karras(max(len(sigmas) - 1 - k, 2), *CONDITIONED_RANGE, rho)
             if tail is not None:
                 yield [head, StagePlan(top, tail, sampler, kwargs, transition=Condition())]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import types
 
@@ -166,6 +167,27 @@ def test_continue_with_history_reproduces_the_unsplit_run(n, data, sigma_dtype, 
     assert torch.equal(restart, ref) == (k == n - 1)  # one last step to 0 is first order anyway
 
 
+class TripletLevels(TwinLevels):
+    levels = (Level((8, 8), 1),) * 3
+    conditions_on_lower_level = False
+
+
+def test_three_stage_continue_plans_of_the_search_are_one_unbroken_run():
+    """Every three-stage Continue plan the search space builds (two hand-overs, DPM++ 2M's
+    history carried through both) samples what the unsplit schedule samples, bit for bit,
+    when the levels are one size."""
+    space = SearchSpace(samplers=("dpmpp_2m",), cascade_samplers=("dpmpp_2m",), nfe=(2, 3), transitions=("continue",),
+                        cascade_steps=6, stages=3)
+    cascade, seeds = TripletLevels(), [0, 5, 9]
+    three = [c for c in candidates(space, cascade) if len(c.plan.stages) == 3]
+    assert len(three) == sum(math.comb(n - 1, 2) for n in range(3, 7))  # every k1 < k2 of 3-6 steps, levels 0 and 1 into 2
+    for c in three:
+        s = torch.cat([c.plan.stages[0].sigmas, *(stage.sigmas[1:] for stage in c.plan.stages[1:])])
+        whole = CascadePlan([StagePlan(2, s, "dpmpp_2m")])
+        assert torch.equal(sample_cascade(cascade, c.plan, seeds=seeds, disable=True),
+                           sample_cascade(cascade, whole, seeds=seeds, disable=True)), c.name
+
+
 def float64_karras(n: int) -> torch.Tensor:
     """Karras' schedule computed in float64 (k-diffusion's is float32, exact in float64)."""
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
@@ -245,7 +267,7 @@ def test_uncoupled_plans_draw_each_stage_in_order(transition):
 # ---- the search space ---------------------------------------------------------------------------
 
 SPACE_CASCADE = GaussianFieldCascade(levels=(4, 8, 16), channels=1)
-NAME = re.compile(r"^(continue|renoise|condition)-(\w+)-(\d+)-k(\d+)-L(\d+)-rho([0-9.]+)-min([0-9.e-]+)(-top\d+)?$")
+NAME = re.compile(r"^(continue|renoise|condition)-(\w+)-(\d+)-k([\d+]+)-L([\d+]+)-rho([0-9.]+)-min([0-9.e-]+)(-top\d+)?$")
 SAMPLER = {"dpmpp_3m": ("dpmpp_3m_sde", {"eta": 0.0})}
 SINGLE_SAMPLERS = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpm_2_ancestral", "dpmpp_2m_sde", "lms"]
 CASCADE_SAMPLERS = ["euler", "heun", "dpmpp_2m", "dpmpp_3m"]
@@ -263,6 +285,7 @@ def spaces(draw):
         sigma_mins=tuple(draw(st.lists(st.sampled_from([0.002, 0.05]), min_size=1, max_size=2, unique=True))),
         transitions=tuple(draw(st.lists(st.sampled_from(TRANSITIONS), min_size=1, max_size=3, unique=True))),
         cascade_steps=draw(st.integers(2, 5)),
+        stages=draw(st.sampled_from([2, 3])),
     )
 
 
@@ -298,22 +321,28 @@ def test_every_candidate_is_valid_and_where_the_space_says(space):
     for c in cands:
         if c.family in ("single", "stochastic"):
             continue
-        kind, name, steps, k, size, rho, sigma_min, _ = NAME.match(c.name).groups()
-        steps, k, factor = int(steps), int(k), 16 // int(size)
+        kind, name, steps, ks, sizes, rho, sigma_min, _ = NAME.match(c.name).groups()
+        steps, splits, sizes = int(steps), [int(k) for k in ks.split("+")], [int(r) for r in sizes.split("+")]
         sampler, kwargs = SAMPLER.get(name, (name, {}))
         s = karras_sigmas(steps, float(sigma_min), space.sigma_max, float(rho)).double()
-        low, top = c.plan.stages
+        *lows, top = c.plan.stages
         assert c.family == kind and name in space.cascade_samplers and top.level == 2
-        assert (low.sampler, low.sampler_kwargs, top.sampler, top.sampler_kwargs) == (sampler, kwargs, sampler, kwargs)
-        assert low.level == {4: 0, 8: 1}[int(size)]
+        assert len(lows) == len(splits) == len(sizes) <= space.stages - 1 and splits == sorted(set(splits))
+        assert all((stage.sampler, stage.sampler_kwargs) == (sampler, kwargs) for stage in c.plan.stages)
+        assert [low.level for low in lows] == [{4: 0, 8: 1}[r] for r in sizes] and sizes == sorted(set(sizes))
         if kind == "condition":
-            assert low.level == 1 and isinstance(top.transition, Condition)
-            assert torch.equal(low.sigmas, s[: k + 1])
+            (k,) = splits
+            assert lows[0].level == 1 and isinstance(top.transition, Condition)
+            assert torch.equal(lows[0].sigmas, s[: k + 1])
             assert torch.equal(top.sigmas, karras_sigmas(max(steps - k, 2), *CONDITIONED_RANGE, float(rho)).double())
         else:
-            assert isinstance(top.transition, Continue if kind == "continue" else Renoise)
-            assert torch.equal(low.sigmas, s[: k + 1] / factor) and torch.equal(top.sigmas, s[k:])
+            cuts = [0, *splits, steps]
+            for stage, factor, a, b in zip(c.plan.stages, [16 // r for r in sizes] + [1], cuts, cuts[1:]):
+                assert torch.equal(stage.sigmas, s[a:b + 1] / factor)
+            assert all(isinstance(stage.transition, Continue if kind == "continue" else Renoise) for stage in c.plan.stages[1:])
             assert c.coupled == (kind == "continue" and name in ("euler", "heun", "dpmpp_2m", "dpmpp_3m"))
+    three = [c for c in cands if len(c.plan.stages) == 3]
+    assert bool(three) == (space.stages == 3 and space.cascade_steps >= 3 and bool({"continue", "renoise"} & set(space.transitions)))
 
 
 class OneLevel:
@@ -375,6 +404,7 @@ def test_search_space_round_trips_through_json(space):
         ({"sigma_mins": ()}, r"SearchSpace.sigma_mins"),
         ({"transitions": ("residual",)}, r"SearchSpace.transitions: unknown \['residual'\]"),
         ({"cascade_steps": 1}, r"SearchSpace.cascade_steps must be an int >= 2"),
+        ({"stages": 4}, r"SearchSpace.stages must be 2 or 3, got 4"),
     ],
 )
 def test_bad_search_space_fields_name_the_field(fields, message):

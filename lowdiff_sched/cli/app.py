@@ -453,6 +453,7 @@ def search(
     samplers: Optional[str] = typer.Option(None, help="Single-resolution samplers, comma-separated. [every supported one, and dpmpp_3m]"),
     cascade_samplers: str = typer.Option("dpmpp_2m,dpmpp_3m,euler,heun", help="Samplers tried in cascades."),
     cascade_steps: int = typer.Option(12, help="Most steps of the schedule a cascade splits."),
+    stages: int = typer.Option(2, help="Most stages of a cascade: 2, or 3 to also split Continue and Renoise schedules through two lower levels."),
     rhos: str = typer.Option("7", help="Karras rho values, comma-separated."),
     sigma_mins: str = typer.Option("0.002", help="Karras sigma_min values, comma-separated."),
     sigma_max: float = typer.Option(80.0, help="Karras sigma_max."),
@@ -493,7 +494,7 @@ def search(
         space = SearchSpace(
             **({"samplers": tuple(v.strip() for v in samplers.split(","))} if samplers else {}),
             cascade_samplers=tuple(v.strip() for v in cascade_samplers.split(",")),
-            nfe=(min(nfe_range), max(nfe_range)), cascade_steps=cascade_steps,
+            nfe=(min(nfe_range), max(nfe_range)), cascade_steps=cascade_steps, stages=stages,
             rhos=tuple(parse_floats(rhos, "--rhos")), sigma_mins=tuple(parse_floats(sigma_mins, "--sigma-mins")), sigma_max=sigma_max,
         )
         check_counts(n_calib, n_judge, batch)
