@@ -19,6 +19,7 @@ resumes where it was; `budget_seconds` bounds a run. Results depend only on the 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -227,11 +228,50 @@ class _Store:
                 f.write(json.dumps(result.to_record()) + "\n")
 
 
+def model_fingerprint(cascade: ResolutionCascade) -> str:
+    """A hash of what decides a model's samples: its levels and, for a torch module, every
+    tensor of its state dict (else its plain settings: numbers, strings, tuples of them)."""
+    digest = hashlib.sha256(repr([(lv.size, lv.channels) for lv in cascade.levels]).encode())
+    state = getattr(cascade, "state_dict", None)
+    if callable(state):
+        for name, tensor in sorted(state().items()):
+            digest.update(name.encode())
+            digest.update(str(tensor.dtype).encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    else:
+        plain = {k: v for k, v in sorted(vars(cascade).items()) if isinstance(v, (int, float, str, bool, tuple))}
+        digest.update(repr(plain).encode())
+    return digest.hexdigest()
+
+
+def check_search_folder(out_dir: str | Path, model: str, fingerprint: str) -> None:
+    """A search folder that holds a search of another model (other weights) is refused, before
+    anything of it (its level costs, its measurements) is used."""
+    path = Path(out_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+        theirs = saved.get("model")
+    except (ValueError, AttributeError):
+        raise ValueError(f"{path} is not a search's settings file; use another output folder") from None
+    if not isinstance(theirs, dict) or theirs.get("fingerprint") != fingerprint:
+        name = theirs.get("name") if isinstance(theirs, dict) else None
+        if not isinstance(name, str) or not name:
+            what = "another model"
+        elif name == model:
+            what = f"{name} with other weights"
+        else:
+            what = name
+        raise ValueError(f"{out_dir} holds a search of {what}, not of {model}; use another output folder")
+
+
 def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     path = out_dir / SETTINGS_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
-        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        check_search_folder(out_dir, settings["model"]["name"], settings["model"]["fingerprint"])
+        changed = sorted(k for k in set(saved) | set(settings) if k != "model" and saved.get(k) != settings.get(k))
         if changed:
             raise ValueError(f"{out_dir} holds a search with other settings ({', '.join(changed)} differ); use another output folder")
     else:
@@ -282,14 +322,16 @@ def search_plans(
     out_dir: str | Path | None = None,
     device: str | torch.device | None = None,
     progress: Callable[[str], None] | None = None,
+    model: str = "the model",
 ) -> SearchResult:
     """Measure the candidates of `space` on `cascade` and return every result and the front.
 
     `level_costs[i]` is the cost of one model call per sample at level i (seconds from
     `cost.seconds_per_call` divided by its batch, or FLOPs). Calibration seeds are
     seed .. seed + n_calib - 1, held-out seeds start at seed + 1,000,000. With `out_dir`, a
-    search with the same settings resumes from what it measured before; `budget_seconds`
-    stops measuring (first pass, then judging) once spent, and what was measured is returned.
+    search of the same model (`model` names it, `model_fingerprint` identifies its weights)
+    with the same settings resumes from what it measured before; `budget_seconds` stops
+    measuring (first pass, then judging) once spent, and what was measured is returned.
     """
     space = space or SearchSpace()
     n_levels = len(cascade.levels)
@@ -302,7 +344,8 @@ def search_plans(
     out = None if out_dir is None else ensure_writable_dir(Path(out_dir))
     settings = {"space": space.to_dict(), "reference": reference.to_dict(), "n_calib": n_calib, "n_judge": n_judge,
                 "seed": seed, "level_costs": [float(c) for c in level_costs], "cost_unit": cost_unit,
-                "judge": type(judge).__name__ if judge is not None else None, "bootstrap": bootstrap}
+                "judge": type(judge).__name__ if judge is not None else None, "bootstrap": bootstrap,
+                "model": {"name": model, "fingerprint": model_fingerprint(cascade)}}
     if out is not None:
         _check_settings(out, settings)
     store = _Store(out)

@@ -43,6 +43,8 @@ from lowdiff_sched.search import (
     parse_target,
     pareto_front,
     plan_cost,
+    check_search_folder,
+    model_fingerprint,
     search_plans,
 )
 from lowdiff_sched.transitions import Condition, Continue, Renoise
@@ -606,6 +608,21 @@ def test_other_settings_in_the_same_folder_are_refused(searched):
     assert (out / "search.json").read_text() == before
 
 
+def test_a_folder_of_another_model_is_refused(searched):
+    """The same settings on a model with other weights (here another oracle law) do not
+    resume the folder: its results would be another model's."""
+    out, _ = searched
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    other = GaussianFieldCascade(levels=(8, 16), channels=1, alpha=FIELD.alpha + 0.5)
+    with pytest.raises(ValueError, match=r"holds a search of the model with other weights, not of the model"):
+        search_plans(other, COSTS, judge=OracleJudge(other), out_dir=out, **SETTINGS)
+    with pytest.raises(ValueError, match=r"holds a search of the model, not of field"):
+        check_search_folder(out, "field", model_fingerprint(other))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert model_fingerprint(CountingField()) == model_fingerprint(FIELD)  # the same law, counted
+    assert model_fingerprint(other) != model_fingerprint(FIELD)
+
+
 def test_budget_stops_early_and_a_resumed_search_equals_a_fresh_one(searched, tmp_path, monkeypatch):
     """With a clock that ticks once per check, a budget stops the search part-way: what it
     returns is a subset measured exactly as in a full run. Resumed without the budget, the
@@ -677,6 +694,26 @@ def test_cli_search_writes_the_best_plan(tmp_path):
 
     result = runner.invoke(app, [*SMALL, "--out", str(out), "--target", "fd<=-1"])
     assert result.exit_code == 1 and "no measured plan meets fd<=-1" in result.stderr
+
+
+TINY = ["--nfe", "1-1", "--samplers", "euler", "--cascade-samplers", "euler", "--cascade-steps", "2", "--n-calib", "2",
+        "--n-judge", "2", "--bootstrap", "0", "--batch", "2"]
+
+
+def test_cli_search_refuses_a_folder_of_another_model(tmp_path):
+    """search --model mnist-c2f, then mnist-fast (the same levels) and gaussian-field (three
+    levels) with the same settings into the same folder: one line naming the model that is
+    there, and the folder unchanged."""
+    out = tmp_path / "search"
+    first = runner.invoke(app, ["search", "--model", "mnist-c2f", *TINY, "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for other in ("mnist-fast", "gaussian-field"):
+        result = runner.invoke(app, ["search", "--model", other, *TINY, "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip().splitlines() == [
+            f"lowdiff-sched: error: {out} holds a search of mnist-c2f, not of {other}; use another output folder"]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 @pytest.mark.parametrize(

@@ -482,7 +482,9 @@ def search(
         from lowdiff_sched.plan_space import SearchSpace
         from lowdiff_sched.protocol import label_dim_of
         from lowdiff_sched.sampling import seed_label_args
-        from lowdiff_sched.search import check_counts, cheapest, parse_target, saved_level_costs, search_plans
+        from lowdiff_sched.search import (
+            check_counts, check_search_folder, cheapest, model_fingerprint, parse_target, saved_level_costs, search_plans,
+        )
 
         check_out_dir(out, "--out", overwrite=True)  # a search resumes in its own folder
         check_device(device)
@@ -506,6 +508,7 @@ def search(
         judge = spec.judge(cascade) if spec.judge is not None else None
         metrics = ["rmse", *(judge.lower_is_better if judge is not None else [])]
         wanted = parse_target(target, metrics) if target is not None else None
+        check_search_folder(out, model, model_fingerprint(cascade))
         costs = saved_level_costs(out)  # a resumed search keeps the costs measured when it began
         if costs is None:
             costs = level_costs(cascade, cost, batch, device=device, extra_args=seed_label_args(range(batch), label_dim_of(cascade), device))
@@ -514,7 +517,7 @@ def search(
             cascade, costs, space=space, judge=judge, reference=reference_plan, n_calib=n_calib, n_judge=n_judge,
             seed=seed, budget_seconds=None if budget_minutes is None else budget_minutes * 60, batch_size=batch,
             judge_all=judge_all, bootstrap=bootstrap, cost_unit=COST_KINDS[cost], out_dir=out, device=device,
-            progress=lambda text: typer.echo(text, err=True),
+            progress=lambda text: typer.echo(text, err=True), model=model,
         )
         written = result.write(out, title=f"{model}: plan search ({len(result.results)} plans, cost = {cost} on {device})")
         typer.echo(result.table())
