@@ -213,12 +213,17 @@ class _Store:
         self.path = None if out_dir is None else out_dir / CANDIDATES_FILE
         self.records: dict[str, PlanResult] = {}
         if self.path is not None and self.path.is_file():
-            for line in self.path.read_text().splitlines():
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):  # a last record cut short by a kill: dropped, measured again
+                text = text[: text.rfind("\n") + 1]
+                with open(self.path, "r+") as f:
+                    f.truncate(len(text.encode()))
+            for line in text.splitlines():
                 if line.strip():
                     try:
                         r = PlanResult.from_record(json.loads(line))
                     except (ValueError, KeyError, TypeError):
-                        continue  # a line cut short by a kill: measured again
+                        continue  # a damaged line: measured again
                     self.records[r.name] = r
 
     def put(self, result: PlanResult) -> None:

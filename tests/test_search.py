@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import re
+import shutil
 import types
 
 import k_diffusion.sampling as kds
@@ -621,6 +622,23 @@ def test_a_folder_of_another_model_is_refused(searched):
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert model_fingerprint(CountingField()) == model_fingerprint(FIELD)  # the same law, counted
     assert model_fingerprint(other) != model_fingerprint(FIELD)
+
+
+def test_a_record_cut_by_a_kill_is_measured_again_on_its_own_line(searched, tmp_path):
+    """A kill mid-write leaves candidates.jsonl ending in half a record; the resumed search
+    drops it, measures that plan again, and every line of the file is a whole record (the
+    next record used to be glued to the cut one and lost again on the next resume)."""
+    out, first = searched
+    folder = tmp_path / "resumed"
+    shutil.copytree(out, folder)
+    lines = (folder / "candidates.jsonl").read_text().splitlines(keepends=True)
+    cut = lines[-1][: len(lines[-1]) // 2]
+    (folder / "candidates.jsonl").write_text("".join(lines[:-1]) + cut)
+    again = search_plans(FIELD, COSTS, judge=OracleJudge(FIELD), out_dir=folder, **SETTINGS)
+    assert records(again) == records(first)
+    text = (folder / "candidates.jsonl").read_text()
+    assert text.endswith("\n")
+    assert [json.loads(line)["name"] for line in text.splitlines()] == [json.loads(line)["name"] for line in lines]
 
 
 def test_budget_stops_early_and_a_resumed_search_equals_a_fresh_one(searched, tmp_path, monkeypatch):
