@@ -384,6 +384,17 @@ def test_resume_refuses_a_changed_config(dataset_dir, tmp_path):
         train(TinyCascade(), data, config(steps=4), tmp_path, progress=False, resume=False)
 
 
+def test_resuming_with_fewer_steps_than_trained_changes_nothing(dataset_dir, tmp_path):
+    """Asking a run that is at step 4 for 2 steps says so and leaves its files as they are
+    (it used to report "trained 2 steps" and rewrite train_config.json to 2)."""
+    data = ImageDataset(dataset_dir)
+    train(TinyCascade(), data, config(steps=4), tmp_path, progress=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match=r"is already past 2 steps \(its latest checkpoint is at step 4\); nothing to do"):
+        train(TinyCascade(), data, config(steps=2), tmp_path, progress=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_checkpoints_load_with_weights_only_and_hold_the_state(dataset_dir, tmp_path):
     rng = torch.get_rng_state()
     model = train(TinyCascade(), ImageDataset(dataset_dir), config(steps=3, grad_clip=0.5, lr_rampup_kimg=0.01), tmp_path, progress=False)

@@ -140,6 +140,9 @@ class _Run:
             self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
             return
         state = load_checkpoint(path)  # on the CPU; load_state_dict copies onto the model's device
+        if int(state["step"]) > self.config.steps:
+            raise ValueError(f"the run in {str(self.out_dir)!r} is already past {self.config.steps} steps (its latest "
+                             f"checkpoint is at step {int(state['step'])}); nothing to do: ask for more steps to continue it")
         conflicts = resume_conflicts(state["config"], self.config)
         if conflicts:
             changes = ", ".join(f"{k}: {state['config'].get(k)!r} -> {getattr(self.config, k)!r}" for k in conflicts)
