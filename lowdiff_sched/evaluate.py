@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,10 @@ class Evaluation:
                 "seconds_per_64": self.seconds_per_64, "nfe": self.nfe, "effective_nfe": self.effective_nfe}
 
     def to_json(self) -> str:
-        return json.dumps({**self.row(), "judge": self.judge}, indent=2) + "\n"
+        """Strict JSON: a value that is not a finite number (a metric that could not be
+        computed) is null, never the bare NaN that strict parsers reject."""
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in self.row().items()}
+        return json.dumps({**row, "judge": self.judge}, indent=2, allow_nan=False) + "\n"
 
     def summary(self) -> str:
         shown = ", ".join(f"{k} {_fmt(k, v)}" for k, v in self.metrics.items())

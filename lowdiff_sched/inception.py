@@ -98,17 +98,32 @@ class ReferenceStats:
         missing = [k for k in ("mu", "sigma") if k not in arrays]
         if missing:
             raise ValueError(f"{where} lacks {' and '.join(missing)} (an EDM-style reference holds mu and sigma)")
+        for key, array in arrays.items():
+            if key in ("mu", "sigma", "features", "size") and array.dtype.kind not in "iuf":
+                raise ValueError(f"{where}: {key} must hold real numbers, got dtype {array.dtype}")
         mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
         if mu.shape != (FEATURES,) or sigma.shape != (FEATURES, FEATURES):
             raise ValueError(f"{where}: mu {mu.shape} and sigma {sigma.shape} are not Inception pool3 statistics ({FEATURES} features)")
         if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
             raise ValueError(f"{where}: mu or sigma holds NaN or inf")
+        scale = float(np.abs(sigma).max()) or 1.0
+        if float(np.abs(sigma - sigma.T).max()) > 1e-6 * scale:
+            raise ValueError(f"{where}: sigma is not symmetric, so it is no covariance")
+        lowest = float(np.linalg.eigvalsh((sigma + sigma.T) / 2)[0])
+        if lowest < -1e-6 * scale:
+            raise ValueError(f"{where}: sigma is not positive semi-definite (eigenvalue {lowest:.3g}), so it is no covariance")
         features = arrays.get("features")
-        if features is not None and (features.ndim != 2 or features.shape[1] != FEATURES):
-            raise ValueError(f"{where}: features must be [N, {FEATURES}], got {features.shape}")
-        size = tuple(int(v) for v in arrays["size"]) if "size" in arrays else None
-        if size is not None and len(size) != 2:
-            raise ValueError(f"{where}: size must be (H, W), got {size}")
+        if features is not None:
+            if features.ndim != 2 or features.shape[1] != FEATURES or features.shape[0] < 2:
+                raise ValueError(f"{where}: features must be [N, {FEATURES}] with N >= 2, got {features.shape}")
+            if not np.isfinite(features).all():
+                raise ValueError(f"{where}: features hold NaN or inf")
+        size = None
+        if "size" in arrays:
+            raw = arrays["size"]
+            if raw.shape != (2,) or not (raw > 0).all() or not np.equal(np.mod(raw, 1), 0).all():
+                raise ValueError(f"{where}: size must be (H, W), two positive ints, got {raw.tolist()!r}")
+            size = (int(raw[0]), int(raw[1]))
         return cls(mu, sigma, features, size)  # type: ignore[arg-type]
 
 

@@ -170,6 +170,12 @@ def test_weights_come_from_the_environment(weights, stats, monkeypatch):
     ({"mu": np.zeros(2048)}, "lacks sigma"),
     ({"mu": np.zeros(3), "sigma": np.eye(3)}, "not Inception pool3 statistics"),
     ({"mu": np.full(2048, np.nan), "sigma": np.eye(2048)}, "NaN"),
+    ({"mu": np.zeros(2048), "sigma": np.eye(2048), "features": np.full((4, 2048), np.nan)}, "features hold NaN or inf"),
+    ({"mu": np.array(["0.5"] * 2048), "sigma": np.eye(2048)}, "mu must hold real numbers, got dtype <U3"),
+    ({"mu": np.zeros(2048, complex), "sigma": np.eye(2048)}, "mu must hold real numbers, got dtype complex128"),
+    ({"mu": np.zeros(2048), "sigma": np.eye(2048), "size": np.array(32)}, "size must be (H, W), two positive ints, got 32"),
+    ({"mu": np.zeros(2048), "sigma": -np.eye(2048)}, "sigma is not positive semi-definite (eigenvalue -1)"),
+    ({"mu": np.zeros(2048), "sigma": np.eye(2048) + np.triu(np.ones((2048, 2048)), 1)}, "sigma is not symmetric"),
 ])
 def test_a_bad_stats_file_is_one_line(weights, tmp_path, content, needle):
     path = tmp_path / "bad.npz"
@@ -178,6 +184,18 @@ def test_a_bad_stats_file_is_one_line(weights, tmp_path, content, needle):
     else:
         np.savez(path, **content)
     one_line_error(invoke("eval", *MNIST, "--ref", path, "--inception-weights", weights), "--ref", needle)
+
+
+def test_eval_json_is_strict_when_a_metric_is_not_a_number():
+    from lowdiff_sched.evaluate import Evaluation
+
+    result = Evaluation("m", "p", 4, {"fid": 1.5, "kid": float("nan"), "is": float("inf")}, 0.1, 5, 5, judge="inception")
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"bare {constant} in the JSON")
+
+    data = json.loads(result.to_json(), parse_constant=refuse)
+    assert data["kid"] is None and data["is"] is None and data["fid"] == 1.5
 
 
 def test_a_reference_of_another_resolution_is_refused(weights, stats, tmp_path):
