@@ -236,3 +236,19 @@ def test_a_run_folder_of_an_older_spec_version_resumes_and_another_model_is_refu
     assert load_checkpoint(latest_checkpoint(done.out_dir))["step"] == 2
     with pytest.raises(ValueError, match="holds a run of a different model"):
         recipe.with_options(levels=[8])[0].run(progress=False)
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_does_not_block_the_corrected_one(tmp_path, images):
+    """A network of 3 channels on 1-channel images fails once training starts; its folder is
+    left as it was (no model.json claiming a run), and the corrected config then trains
+    into the same --out (it used to say the folder "holds a run of a different model")."""
+    bad = recipe_file(tmp_path, images, init={"class_name": "EDMPrecond", "init_kwargs": {**TINY_EDM, "img_channels": 3}})
+    result = runner.invoke(app, ["train", "--config", str(bad), "--no-progress"])
+    assert result.exit_code == 2 and "dataset images have shape (1, 8, 8)" in result.stderr, result.output
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.json").write_text(json.dumps({"format": "stale, from a run that never saved a step"}))
+    good = recipe_file(tmp_path, images)
+    result = runner.invoke(app, ["train", "--config", str(good), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert latest_checkpoint(tmp_path / "run") is not None

@@ -258,10 +258,13 @@ class TrainRecipe:
     def run(self, *, progress: bool = True, device: str | torch.device | None = None) -> TrainedRun:
         """Build, write the run folder's model.json (refusing a folder that holds another
         model's run) and train; an existing run in `out` resumes. Ctrl-C saves the last step
-        and re-raises KeyboardInterrupt."""
+        and re-raises KeyboardInterrupt. A folder without a checkpoint holds no run: a run
+        that fails before its first checkpoint takes its model.json (and the folders it
+        made, if empty) away again, so the corrected command starts afresh there."""
         from ..outputs import atomic_path, ensure_writable_dir
         from ..runs import MODEL_SPEC, same_model, spec_of
         from .loop import train
+        from .state import latest_checkpoint
         from .tensorboard_log import summary_writer_class
 
         self.check()
@@ -269,13 +272,23 @@ class TrainRecipe:
             summary_writer_class()  # without the package, fail before loading or writing anything
         cascade, dataset, config = self.build()
         spec = spec_of(cascade)
+        made = [p for p in (self.out_dir, *self.out_dir.parents) if not p.exists()]
         out_dir = ensure_writable_dir(self.out_dir)
         spec_file = out_dir / MODEL_SPEC
-        if spec_file.exists() and not same_model(json.loads(spec_file.read_text()), spec):  # a spec of any version
+        is_run = latest_checkpoint(out_dir) is not None
+        if is_run and spec_file.exists() and not same_model(json.loads(spec_file.read_text()), spec):  # a spec of any version
             raise ValueError(f"{out_dir} holds a run of a different model (see {spec_file}); choose another --out")
         with atomic_path(spec_file) as tmp:
             tmp.write_text(json.dumps(spec, indent=2))
-        model = train(cascade, dataset, config, out_dir, progress=progress, device=device)
+        try:
+            model = train(cascade, dataset, config, out_dir, progress=progress, device=device)
+        except BaseException:
+            if latest_checkpoint(out_dir) is None:
+                spec_file.unlink(missing_ok=True)
+                for folder in made:
+                    if folder.is_dir() and not any(folder.iterdir()):
+                        folder.rmdir()
+            raise
         return TrainedRun(model, config, out_dir)
 
 
