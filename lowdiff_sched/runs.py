@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .errors import first_line
+
 MODEL_SPEC = "model.json"
 
 #: The most parameters an architecture read from a file (model.json, a checkpoint's init
@@ -172,17 +174,19 @@ def _read_json(path: Path) -> Any:
 def load_run(path: str | Path) -> nn.Module:
     """A trained model from a training run folder (its latest checkpoint) or from one
     checkpoint file inside it, with the EMA weights, in eval mode."""
-    from .training.state import latest_checkpoint, load_weights
+    from .training.state import load_checkpoint, newest_readable_checkpoint
 
     path = Path(path)
     run = path if path.is_dir() else path.parent
     spec_file = run / MODEL_SPEC
     if not spec_file.is_file():
         raise ValueError(f"{str(run)!r} is not a lowdiff-sched training run (no {MODEL_SPEC})")
-    checkpoint = path if path.is_file() else latest_checkpoint(run)
-    if checkpoint is None:
+    found = (path, load_checkpoint(path)) if path.is_file() else newest_readable_checkpoint(run)
+    if found is None:
         raise ValueError(f"training run {str(run)!r} has no checkpoint yet")
-    return load_weights(build_from_spec(_read_json(spec_file), spec_file), checkpoint, "ema").eval()
+    model = build_from_spec(_read_json(spec_file), spec_file)
+    model.load_state_dict(found[1]["ema"])
+    return model.eval()
 
 
 def export_run(run: str | Path, out: str | Path, *, dtype: torch.dtype = torch.float16) -> tuple[Path, Path]:
@@ -214,6 +218,10 @@ def load_exported(path: str | Path) -> nn.Module:
         if not p.is_file():
             raise ValueError(f"exported model {str(path)!r} needs {p.name} beside it; not found")
     model = build_from_spec(_read_json(spec_path), spec_path)
-    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in load_file(str(weights_path)).items()}
+    try:
+        weights = load_file(str(weights_path))
+    except Exception as err:  # safetensors' SafetensorError (a cut or damaged file), or an OSError
+        raise ValueError(f"{str(weights_path)!r} is not a readable safetensors file: {first_line(err)}") from None
+    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in weights.items()}
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)

@@ -72,6 +72,37 @@ def test_an_old_run_folder_loads_with_its_weights(tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
 
 
+def _cut(path) -> None:  # type: ignore[no-untyped-def]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def test_a_cut_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
+    """`info`, `export` and `sample --model RUN` read runs through load_run: a latest
+    checkpoint cut short is skipped with a note naming it, and the one before is used; a
+    cut exported .safetensors is one line naming the file."""
+    from lowdiff_sched.runs import export_run, load_exported
+
+    model = CASES["edm-lowdiff"]()
+    (tmp_path / MODEL_SPEC).write_text(json.dumps(spec_of(model)))
+    states = [{k: v + 0.01 * step for k, v in model.state_dict().items()} for step in (1, 2)]
+    for step, state in zip((1, 2), states):
+        save_checkpoint(tmp_path, {"step": step, "model": state, "ema": state, "optimizer": {}, "config": {}, "world_size": 1})
+    _cut(tmp_path / "checkpoint-00000002.pt")
+    loaded = load_run(tmp_path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in states[0].items())
+    assert "skipped checkpoint-00000002.pt, which does not load" in capsys.readouterr().err
+    _cut(tmp_path / "checkpoint-00000001.pt")
+    with pytest.raises(ValueError, match=r"no checkpoint in .* loads: skipped checkpoint-00000002.pt.*; skipped checkpoint-00000001.pt"):
+        load_run(tmp_path)
+
+    save_checkpoint(tmp_path, {"step": 3, "model": states[1], "ema": states[1], "optimizer": {}, "config": {}, "world_size": 1})
+    stem = tmp_path / "exported"
+    export_run(tmp_path, stem)
+    _cut(stem.with_suffix(".safetensors"))
+    with pytest.raises(ValueError, match=r"exported.safetensors' is not a readable safetensors file"):
+        load_exported(stem)
+
+
 @pytest.mark.parametrize("change, needle", [
     ({"backbone": "unet"}, "backbone"), ({"method": "retrofit"}, "method"), ({"levels": []}, "levels"),
     ({"options": {"cond": "nearest"}}, "options"), ({"version": 3}, "version"), ({"format": "x"}, "not a lowdiff-sched model spec"),

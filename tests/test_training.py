@@ -375,6 +375,19 @@ def test_resume_continues_bit_for_bit(dataset_dir, tmp_path):
     assert a["config"] == config(steps=8).to_dict() and a["images_seen"] == 64
 
 
+def test_resume_skips_a_cut_latest_checkpoint(dataset_dir, tmp_path, capsys):
+    """The latest checkpoint cut short (a full disk, a bad copy): resuming says which file it
+    skipped and continues from the one before, ending where an uninterrupted run ends."""
+    data = ImageDataset(dataset_dir)
+    whole = train(TinyCascade(seed=0), data, config(steps=6), tmp_path / "whole", progress=False)
+    train(TinyCascade(seed=0), data, config(steps=4, checkpoint_every=2), tmp_path / "split", progress=False)
+    latest = tmp_path / "split" / "checkpoint-00000004.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    resumed = train(TinyCascade(seed=99), data, config(steps=6, checkpoint_every=2), tmp_path / "split", progress=False)
+    assert "skipped checkpoint-00000004.pt, which does not load" in capsys.readouterr().err
+    assert_same(params(resumed), params(whole))
+
+
 def test_resume_refuses_a_changed_config(dataset_dir, tmp_path):
     data = ImageDataset(dataset_dir)
     train(TinyCascade(), data, config(steps=2), tmp_path, progress=False)

@@ -18,7 +18,7 @@ from ..outputs import atomic_path, ensure_writable_dir
 from ..protocol import ResolutionCascade
 from ..runs import MODEL_SPEC
 from .batches import StepBatches
-from .state import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .state import latest_checkpoint, newest_readable_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig, resume_conflicts
 from .data import one_hot
 from .distributed import Processes, average_gradients, broadcast_parameters, default_device, join_processes, sum_over_ranks
@@ -128,18 +128,18 @@ class _Run:
         """Continue from the latest checkpoint in out_dir, or start (every rank from rank 0's weights).
         Either way, what a killed run left in out_dir goes first: its temporary files, and the
         log records of steps after the state it continues from."""
-        path = latest_checkpoint(self.out_dir)
-        if path is not None and not resume:
+        if latest_checkpoint(self.out_dir) is not None and not resume:
             raise ValueError(f"out_dir {str(self.out_dir)!r} already holds checkpoints; resume from them or use another out_dir")
         if self.procs.is_main:
             remove_stale_temporaries(self.out_dir, (LOG_FILE, CONFIG_FILE, MODEL_SPEC))
-        if path is None:
+        found = newest_readable_checkpoint(self.out_dir, on_skip=None if self.procs.is_main else (lambda reason: None))
+        if found is None:
             if self.procs.is_main:
                 _forget_log_after(self.out_dir / LOG_FILE, 0)
             broadcast_parameters(self.model, self.procs)
             self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
             return
-        state = load_checkpoint(path)  # on the CPU; load_state_dict copies onto the model's device
+        path, state = found  # on the CPU; load_state_dict copies onto the model's device
         if int(state["step"]) > self.config.steps:
             raise ValueError(f"the run in {str(self.out_dir)!r} is already past {self.config.steps} steps (its latest "
                              f"checkpoint is at step {int(state['step'])}); nothing to do: ask for more steps to continue it")

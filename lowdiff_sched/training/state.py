@@ -13,12 +13,14 @@ A process killed mid-write (kill -9, power cut) leaves its hidden temporary file
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
 from .. import outputs
+from ..errors import first_line
 from ..tensorfiles import load_tensor_file
 
 FORMAT = "lowdiff-sched-train/1"
@@ -48,6 +50,30 @@ def remove_stale_temporaries(out_dir: str | Path, names: Iterable[str] = ()) -> 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     found = list_checkpoints(out_dir)
     return found[-1][1] if found else None
+
+
+def newest_readable_checkpoint(
+    out_dir: str | Path, on_skip: Callable[[str], None] | None = None
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in out_dir that loads, with its state (None: there is none). A
+    newer one that does not load (cut short by a full disk or a copy, damaged) is skipped,
+    and `on_skip` (default: a note on stderr) is told which file and why; if none loads, a
+    ValueError lists them."""
+    found = list_checkpoints(out_dir)
+    skipped = []
+    for _, path in reversed(found):
+        try:
+            return path, load_checkpoint(path)
+        except ValueError as err:
+            reason = f"skipped {path.name}, which does not load: {first_line(err)}"
+            skipped.append(reason)
+            if on_skip is not None:
+                on_skip(reason)
+            else:
+                print(f"lowdiff-sched: note: {reason}", file=sys.stderr)
+    if found:
+        raise ValueError(f"no checkpoint in {str(out_dir)!r} loads: " + "; ".join(skipped))
+    return None
 
 
 def save_checkpoint(out_dir: str | Path, state: dict[str, Any], *, keep: int | None = None) -> Path:
