@@ -252,6 +252,9 @@ def model_fingerprint(cascade: ResolutionCascade) -> str:
 def check_search_folder(out_dir: str | Path, model: str, fingerprint: str) -> None:
     """A search folder that holds a search of another model (other weights) is refused, before
     anything of it (its level costs, its measurements) is used."""
+    for name in (SETTINGS_FILE, CANDIDATES_FILE):
+        if (Path(out_dir) / name).exists() and not (Path(out_dir) / name).is_file():
+            raise ValueError(f"{Path(out_dir) / name} is not a file, so {out_dir} holds no search; use another output folder")
     path = Path(out_dir) / SETTINGS_FILE
     if not path.is_file():
         return
@@ -297,11 +300,23 @@ def saved_level_costs(out_dir: str | Path) -> list[float] | None:
     return [float(c) for c in costs]
 
 
-def check_counts(n_calib: int, n_judge: int, batch_size: int) -> None:
-    """The sample counts of a search: each an int of at least 2 (a spread needs two samples)."""
-    for name, value in (("n_calib", n_calib), ("n_judge", n_judge), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ValueError(f"{name} must be an int >= 2, got {value!r}")
+def check_counts(n_calib: int, n_judge: int, batch_size: int, seed: int = 0, bootstrap: int = 0) -> None:
+    """The numbers of a search: sample counts each an int of at least 2 (a spread needs two
+    samples), the first seed and the bootstrap resamples ints of at least 0."""
+    for name, value, least in (("n_calib", n_calib, 2), ("n_judge", n_judge, 2), ("batch_size", batch_size, 2),
+                               ("seed", seed, 0), ("bootstrap", bootstrap, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+
+def check_reference(reference: CascadePlan, cascade: ResolutionCascade) -> CascadePlan:
+    """The reference plan of a search, validated: a single-resolution plan at the top level."""
+    reference = reference.validate(cascade)
+    n_levels = len(cascade.levels)
+    if reference.level_indices(n_levels)[-1] != n_levels - 1 or len(reference.stages) != 1:
+        raise ValueError(f"the reference must be a single-resolution plan at the top level, got {reference.name or 'a plan'} "
+                         f"with {len(reference.stages)} stage(s)")
+    return reference
 
 
 def plan_cost(plan: CascadePlan, level_costs: Sequence[float], n_levels: int) -> float:
@@ -342,10 +357,10 @@ def search_plans(
     n_levels = len(cascade.levels)
     if len(level_costs) != n_levels or not all(c > 0 and math.isfinite(c) for c in level_costs):
         raise ValueError(f"level_costs needs one positive cost per level ({n_levels}), got {list(level_costs)}")
-    check_counts(n_calib, n_judge, batch_size)
-    reference = (reference or default_reference(cascade, space)).validate(cascade)
-    if reference.level_indices(n_levels)[-1] != n_levels - 1 or len(reference.stages) != 1:
-        raise ValueError("the reference must be a single-resolution plan at the top level")
+    check_counts(n_calib, n_judge, batch_size, seed, bootstrap)
+    reference = check_reference(reference or default_reference(cascade, space), cascade)
+    if out_dir is not None:
+        check_search_folder(out_dir, model, model_fingerprint(cascade))
     out = None if out_dir is None else ensure_writable_dir(Path(out_dir))
     settings = {"space": space.to_dict(), "reference": reference.to_dict(), "n_calib": n_calib, "n_judge": n_judge,
                 "seed": seed, "level_costs": [float(c) for c in level_costs], "cost_unit": cost_unit,

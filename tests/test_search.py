@@ -742,11 +742,27 @@ def test_cli_search_refuses_a_folder_of_another_model(tmp_path):
         (["--samplers", "nonsense"], "unknown sampler(s) ['nonsense']"),
         (["--target", "fd=3"], "target 'fd=3'"),
         (["--budget-minutes", "0"], "--budget-minutes must be positive"),
+        (["--seed", "-1"], "--seed must be a non-negative int, got -1"),
+        (["--bootstrap", "-1"], "--bootstrap must be a non-negative int, got -1"),
+        (["--reference", "LOW_REFERENCE"], "the reference must be a single-resolution plan at the top level"),
     ],
 )
 def test_cli_search_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "search"
+    low = tmp_path / "low.json"  # a reference at the lowest level
+    low.write_text(json.dumps({"name": "low", "stages": [{"level": 0, "sigmas": [1.0, 0.0], "sampler": "euler"}]}))
+    args = [str(low) if a == "LOW_REFERENCE" else a for a in args]
     result = runner.invoke(app, [*SMALL, "--out", str(out), *args])
     assert result.exit_code == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["candidates.jsonl", "search.json"])
+def test_cli_search_into_a_folder_whose_files_are_folders_is_one_line(tmp_path, name):
+    out = tmp_path / "search"
+    (out / name).mkdir(parents=True)
+    result = runner.invoke(app, [*SMALL, "--out", str(out)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert f"{out / name} is not a file, so {out} holds no search" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [name]

@@ -478,12 +478,13 @@ def search(
         from lowdiff_sched.cost import COST_KINDS, level_costs
         from lowdiff_sched.models import load_model, model_spec
         from lowdiff_sched.devices import check_device
-        from lowdiff_sched.outputs import atomic_path, check_out_dir, ensure_writable_dir
+        from lowdiff_sched.outputs import atomic_path, check_out_dir
         from lowdiff_sched.plan_space import SearchSpace
         from lowdiff_sched.protocol import label_dim_of
         from lowdiff_sched.sampling import seed_label_args
         from lowdiff_sched.search import (
-            check_counts, check_search_folder, cheapest, model_fingerprint, parse_target, saved_level_costs, search_plans,
+            check_counts, check_reference, check_search_folder, cheapest, model_fingerprint, parse_target, saved_level_costs,
+            search_plans,
         )
 
         check_out_dir(out, "--out", overwrite=True)  # a search resumes in its own folder
@@ -499,12 +500,17 @@ def search(
             nfe=(min(nfe_range), max(nfe_range)), cascade_steps=cascade_steps, stages=stages,
             rhos=tuple(parse_floats(rhos, "--rhos")), sigma_mins=tuple(parse_floats(sigma_mins, "--sigma-mins")), sigma_max=sigma_max,
         )
+        for option, value in (("--seed", seed), ("--bootstrap", bootstrap)):
+            if value < 0:
+                raise UsageError(f"{option} must be a non-negative int, got {value}")
         check_counts(n_calib, n_judge, batch)
         if target is not None:
             parse_target(target)  # the syntax, before any model is loaded
         reference_plan = presets.load_plan(reference) if reference is not None else None
         spec = model_spec(model)
         cascade = load_model(model, device=device)
+        if reference_plan is not None:
+            check_reference(reference_plan, cascade)
         judge = spec.judge(cascade) if spec.judge is not None else None
         metrics = ["rmse", *(judge.lower_is_better if judge is not None else [])]
         wanted = parse_target(target, metrics) if target is not None else None
@@ -512,7 +518,6 @@ def search(
         costs = saved_level_costs(out)  # a resumed search keeps the costs measured when it began
         if costs is None:
             costs = level_costs(cascade, cost, batch, device=device, extra_args=seed_label_args(range(batch), label_dim_of(cascade), device))
-        ensure_writable_dir(out)
         result = search_plans(
             cascade, costs, space=space, judge=judge, reference=reference_plan, n_calib=n_calib, n_judge=n_judge,
             seed=seed, budget_seconds=None if budget_minutes is None else budget_minutes * 60, batch_size=batch,
