@@ -460,12 +460,29 @@ def test_keyboard_interrupt_inside_a_step_saves_the_last_completed_step(dataset_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_sigint_finishes_the_step_then_saves(dataset_dir, tmp_path):
-    model = InterruptingCascade(at_call=3 * 2 + 1, interrupt=lambda: os.kill(os.getpid(), signal.SIGINT))
-    with pytest.raises(KeyboardInterrupt):
-        train(model, ImageDataset(dataset_dir), config(steps=10), tmp_path, progress=False)
+class Terminated(Exception):
+    """What this test's own SIGTERM handler raises if training leaves SIGTERM to it."""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_finishes_the_step_then_saves(dataset_dir, tmp_path, signum):
+    """Ctrl-C and SIGTERM alike: the step under way ends, its checkpoint is written (no
+    temporary file left), KeyboardInterrupt follows, and the handlers are restored."""
+
+    def terminated(*_):  # type: ignore[no-untyped-def]
+        raise Terminated
+
+    own = signal.signal(signal.SIGTERM, terminated)  # without train's handler, SIGTERM must not end pytest
+    try:
+        model = InterruptingCascade(at_call=3 * 2 + 1, interrupt=lambda: os.kill(os.getpid(), signum))
+        with pytest.raises(KeyboardInterrupt):
+            train(model, ImageDataset(dataset_dir), config(steps=10), tmp_path, progress=False)
+        assert signal.getsignal(signal.SIGTERM) is terminated and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, own)
     state = load_checkpoint(latest_checkpoint(tmp_path))
     assert state["step"] == 4  # step 3 (0-based) ran to the end before stopping
+    assert no_temp_files(tmp_path)
     reference = train(TinyCascade(), ImageDataset(dataset_dir), config(steps=4), tmp_path / "ref", progress=False)
     assert_same(state["model"], params(reference))
 
