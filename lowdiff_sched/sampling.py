@@ -152,13 +152,19 @@ def _sample(output: StageOutput) -> Tensor:
     return output.total if output.total is not None else output.x
 
 
-def _check_seeds(seeds: Sequence[int]) -> list[int]:
+SEED_LIMIT = 2**32
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """`seeds` as a list, checked: not empty, each an int in [0, 2**32)."""
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds must not be empty")
     for s in seeds:
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise ValueError(f"seeds must be non-negative ints, got {s!r}")
+        if s >= SEED_LIMIT:  # seeds are drawn EDM-style, modulo 2**32: a larger one would repeat a smaller one
+            raise ValueError(f"seeds must be below 2**32 = {SEED_LIMIT} (seed s draws as s mod 2**32), got {s}")
     return seeds
 
 
@@ -228,7 +234,7 @@ def sample_cascade(
     if seeds is not None:
         if noise is not None:
             raise ValueError("give either seeds or noise, not both")
-        seeds = _check_seeds(seeds)
+        seeds = check_seeds(seeds)
         device = torch.device(device) if device is not None else device_of(cascade)
         step = batch_size or len(seeds)
         chunks = []

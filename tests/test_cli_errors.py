@@ -134,6 +134,13 @@ def test_huge_ranges_are_refused_before_they_are_expanded(tmp_path, option):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_seed_past_2_to_the_32_is_refused(tmp_path):
+    """Seeds draw as seed mod 2**32 (EDM's convention): 4294967296 would silently be seed 0."""
+    result = run("sample", "--model", "mnist-base", "--seeds", "4294967296", "--out", tmp_path / "out")
+    assert_refused(result, "seeds must be below 2**32")
+    assert not (tmp_path / "out").exists()
+
+
 # ---- one run per output folder (item 6) ---------------------------------------------------------------
 
 

@@ -80,12 +80,15 @@ def test_seeded_samples_do_not_depend_on_batch_size(name):
 
 
 def test_seeded_noise_matches_edm_generator_convention(iid_cascade):
-    """EDM draws each sample's latents with torch.Generator().manual_seed(seed % 2**32)."""
+    """EDM draws each sample's latents with torch.Generator().manual_seed(seed % 2**32); a
+    seed of 2**32 or more would silently repeat a smaller one, so it is refused."""
     plan = CascadePlan([StagePlan(-1, karras_sigmas(4), "heun")])
-    seeds = [3, 2**32 + 9]
+    seeds = [3, 2**32 - 1]
     ours = sample_cascade(iid_cascade, plan, seeds=seeds, disable=True)
-    eps = torch.stack([torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(s % 2**32)) for s in seeds])
+    eps = torch.stack([torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(s)) for s in seeds])
     assert torch.equal(ours, sample_cascade(iid_cascade, plan, noise=[eps], disable=True))
+    with pytest.raises(ValueError, match=r"seeds must be below 2\*\*32 = 4294967296 .*got 4294967305"):
+        sample_cascade(iid_cascade, plan, seeds=[3, 2**32 + 9], disable=True)
 
 
 def test_seeded_sampling_leaves_the_global_rng_alone(iid_cascade):

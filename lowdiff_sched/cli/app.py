@@ -108,10 +108,11 @@ def sample(
         from lowdiff_sched.generate import SAMPLE_FILES, SampleJob, load_latent_decoding
         from lowdiff_sched.models import load_for_plan, model_spec
         from lowdiff_sched.outputs import check_out_dir, claim_out_dir
+        from lowdiff_sched.sampling import check_seeds
         from lowdiff_sched.training.distributed import gather_objects, join_processes
 
         # everything that can be checked is checked before --out is touched
-        seed_list = parse_int_ranges(seeds, "--seeds")
+        seed_list = check_seeds(parse_int_ranges(seeds, "--seeds"))
         if len(set(seed_list)) != len(seed_list):
             raise UsageError(f"--seeds: {seeds!r} names a seed twice; seeds must not repeat (each names one sample and its files)")
         if batch < 1:
