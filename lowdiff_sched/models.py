@@ -66,12 +66,38 @@ def model_names() -> list[str]:
 
 
 def model_spec(name: str) -> ModelSpec:
-    """A registered model, or a training run folder / checkpoint written by `lowdiff-sched train`."""
+    """A registered model, a model written by `lowdiff-sched export` (its .json, its
+    .safetensors or their common stem), or a training run folder / checkpoint written by
+    `lowdiff-sched train`."""
     if name in _MODELS:
         return _MODELS[name]
+    exported = exported_stem(Path(name))
+    if exported is not None:
+        return ModelSpec(name, f"exported model {exported}", _exported_model(exported), latent=_is_latent_spec_file(exported.with_suffix(".json")))
     if Path(name).exists():
         return ModelSpec(name, f"trained model from {name}", _trained_run(name), latent=_is_latent_run(Path(name)))
-    raise ValueError(f"unknown model {name!r}: neither a registered model ({', '.join(_MODELS)}) nor a training run path")
+    raise ValueError(f"unknown model {name!r}: neither a registered model ({', '.join(_MODELS)}), an exported model "
+                     "(NAME.json beside NAME.safetensors) nor a training run path")
+
+
+def exported_stem(path: Path) -> Path | None:
+    """The stem of an exported model (NAME.json beside NAME.safetensors) that `path` names, if it is one."""
+    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    if path.is_dir() or not stem.name:
+        return None
+    both = (Path(f"{stem}.json"), Path(f"{stem}.safetensors"))
+    return stem if all(p.is_file() for p in both) else None
+
+
+def _exported_model(stem: Path) -> Callable[..., ResolutionCascade]:
+    def build(device: torch.device, **options: Any) -> ResolutionCascade:
+        from .runs import load_exported
+
+        if options:
+            raise ValueError(f"{stem} is an exported model: it takes no {', '.join(sorted(options))} (its weights are its own)")
+        return load_exported(Path(f"{stem}.json")).to(device)
+
+    return build
 
 
 def load_model(name: str, device: str | torch.device = "cpu", **options: Any) -> ResolutionCascade:
@@ -113,11 +139,16 @@ def _trained_run(path: str) -> Callable[..., ResolutionCascade]:
 
 def _is_latent_run(path: Path) -> bool:
     """Whether a training run (folder, or a checkpoint in one) holds a latent (DiT) model."""
+    from .runs import MODEL_SPEC
+
+    return _is_latent_spec_file((path if path.is_dir() else path.parent) / MODEL_SPEC)
+
+
+def _is_latent_spec_file(spec: Path) -> bool:
     import json
 
-    from .runs import MODEL_SPEC, is_latent_spec
+    from .runs import is_latent_spec
 
-    spec = (path if path.is_dir() else path.parent) / MODEL_SPEC
     try:
         return is_latent_spec(json.loads(spec.read_text()))
     except (OSError, ValueError):

@@ -141,6 +141,21 @@ def test_a_seed_past_2_to_the_32_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("form", [".json", ".safetensors", ""])
+def test_an_exported_model_samples_by_either_file_or_its_stem(tmp_path, form):
+    """What `export` writes (NAME.json beside NAME.safetensors, as the shipped weights are) is
+    a model for sample and info, named by either file or the stem."""
+    from lowdiff_sched.weights import weight_path
+
+    stem = str(weight_path("mnist-base.json"))[: -len(".json")]
+    result = run("sample", "--model", stem + form, "--plan", "mnist-base-dpmpp2m-5", "--seeds", "0-1", "--out", tmp_path / "out",
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "000001.png").is_file()
+    info = run("info", stem + form)
+    assert info.exit_code == 0 and "parameters" in info.stdout.lower(), info.output
+
+
 # ---- one run per output folder (item 6) ---------------------------------------------------------------
 
 

@@ -240,7 +240,7 @@ def train(
 
 @app.command()
 def info(
-    model: str = typer.Argument(..., help="EDM pickle, lowdiff-sched checkpoint, training run, or registered model."),
+    model: str = typer.Argument(..., help="EDM pickle, lowdiff-sched checkpoint, training run, exported model (NAME.json), or registered model."),
     levels: str = typer.Option("8,16,32", help="Retrofit levels to report for an EDM network."),
 ) -> None:
     """Parameters of a model and what the LowDiff retrofit adds to them.
@@ -251,13 +251,15 @@ def info(
         from lowdiff_sched.adapters.dit.sizes import meta_cascade
         from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet
         from lowdiff_sched.adapters.edm.snapshots import load_edm
-        from lowdiff_sched.models import load_model, model_names, model_spec
-        from lowdiff_sched.runs import load_run, model_summary
+        from lowdiff_sched.models import exported_stem, load_model, model_names, model_spec
+        from lowdiff_sched.runs import load_exported, load_run, model_summary
 
         path = Path(model)
         if model in model_names():
             typer.echo(f"{model}: {model_spec(model).description}")
             cascade = meta_cascade(model) if model_spec(model).latent else load_model(model)
+        elif exported_stem(path) is not None:
+            cascade = load_exported(f"{exported_stem(path)}.json")
         elif path.is_dir() or (path.parent / "model.json").is_file():
             cascade = load_run(path)
         else:
