@@ -69,7 +69,8 @@ def plot_fronts(result, path: str | Path, title: str = "") -> None:  # type: ign
     ax.set_ylabel(f"{metric} (lower is better, log scale)" if result.lower_is_better else f"{metric} (log scale)")
     ax.set_title(title or f"plan search: cost against {metric}", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png")

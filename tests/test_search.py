@@ -766,3 +766,13 @@ def test_cli_search_into_a_folder_whose_files_are_folders_is_one_line(tmp_path, 
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     assert f"{out / name} is not a file, so {out} holds no search" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_cli_search_whose_budget_measures_nothing_says_so(tmp_path):
+    """A budget too short for one measurement: exit 1 and one line saying so (it used to exit 0
+    with an empty front and a matplotlib warning); no front files, and a rerun resumes."""
+    out = tmp_path / "search"
+    result = runner.invoke(app, ["search", "--model", "gaussian-field", *TINY, "--budget-minutes", "0.0000001", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("the budget ran out before any plan was measured")
+    assert "Warning" not in result.stderr and not (out / "front.md").exists()

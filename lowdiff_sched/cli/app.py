@@ -527,6 +527,10 @@ def search(
             judge_all=judge_all, bootstrap=bootstrap, cost_unit=COST_KINDS[cost], out_dir=out, device=device,
             progress=lambda text: typer.echo(text, err=True), model=model,
         )
+        if not result.results:
+            typer.echo(f"the budget ran out before any plan was measured; nothing to report: give more --budget-minutes "
+                       f"(a rerun resumes from {out})", err=True)
+            raise typer.Exit(1)
         written = result.write(out, title=f"{model}: plan search ({len(result.results)} plans, cost = {cost} on {device})")
         typer.echo(result.table())
         if wanted is not None:
