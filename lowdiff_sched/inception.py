@@ -30,6 +30,11 @@ FEATURES = 2048  # the pool3 features FID, KID and precision/recall use
 PRC_NEIGHBOURS = 3  # precision/recall's k-nearest-neighbour radius (torch-fidelity's default)
 
 
+def _source(path: str | Path | None) -> str:
+    """How the user named the weights, for errors: the option, or the environment variable."""
+    return "--inception-weights" if path is not None else f"${WEIGHTS_ENV}"
+
+
 def weights_path(path: str | Path | None) -> Path:
     """The Inception weights file: `path`, else $LOWDIFF_INCEPTION_WEIGHTS; a one-line error
     saying where to get it when neither names a file (never a download)."""
@@ -41,27 +46,33 @@ def weights_path(path: str | Path | None) -> Path:
         )
     found = Path(given)
     if not found.is_file():
-        raise ValueError(f"--inception-weights {str(found)!r}: no such file (get {WEIGHTS_FILE} from {WEIGHTS_URL})")
+        raise ValueError(f"{_source(path)} {str(found)!r}: no such file (get {WEIGHTS_FILE} from {WEIGHTS_URL})")
     return found
 
 
 def load_inception(path: str | Path | None, device: str | torch.device = "cpu") -> nn.Module:
     """torch-fidelity's InceptionV3 with the weights at `path` (see `weights_path`), returning
-    pool3 features and unbiased logits. The file is read with weights_only first: torch-fidelity
-    itself unpickles without that guard, so it only ever sees a file that passed it."""
+    pool3 features and unbiased logits. The file is read here, with weights_only, and
+    torch-fidelity (which unpickles without that guard) never opens it: it is handed a file
+    this function writes from the tensors it read."""
+    import tempfile
+
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     from .errors import first_line
     from .tensorfiles import load_tensor_file
 
-    found = weights_path(path)
-    state = load_tensor_file(found, "--inception-weights")
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"--inception-weights {str(found)!r}: not a state dict of tensors")
-    try:
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(found))
-    except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen weights
-        raise ValueError(f"--inception-weights {str(found)!r} does not fit InceptionV3: {first_line(err)}") from None
+    found, source = weights_path(path), _source(path)
+    state = load_tensor_file(found, source)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise ValueError(f"{source} {str(found)!r}: not a state dict of tensors")
+    with tempfile.TemporaryDirectory() as folder:
+        ours = Path(folder) / "inception-state.pt"
+        torch.save({k: v.contiguous() for k, v in state.items()}, ours)
+        try:
+            net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(ours))
+        except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen weights
+            raise ValueError(f"{source} {str(found)!r} does not fit InceptionV3: {first_line(err)}") from None
     return net.to(device)
 
 

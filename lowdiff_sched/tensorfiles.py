@@ -30,6 +30,11 @@ class WeightsOnlyError(ValueError):
         self.reason, self.refused_global = reason, refused_global
 
 
+class UnsafeFileError(ValueError):
+    """A file that asks to import or call something when unpickled: not damaged but made so,
+    and refused outright (never skipped in favour of an older file)."""
+
+
 def is_torch_file(head: bytes) -> bool:
     """Whether a file starting with `head` (its first 32 bytes will do) was written by
     torch.save, in the zip format or the legacy one."""
@@ -75,9 +80,14 @@ def load_tensor_file(path: str | Path, what: str = "file") -> Any:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises several types for a corrupt file
             raise ValueError(f"{what} {str(path)!r} is not a readable safetensors file ({_reason(exc)})") from None
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if not is_torch_file(head):
+        raise ValueError(f"{what} {str(path)!r} is neither a torch file nor a .safetensors file (it starts with {head[:12]!r})")
     try:
         return load_weights_only(path)
     except WeightsOnlyError as err:
-        raise ValueError(
+        kind = UnsafeFileError if err.refused_global is not None else ValueError
+        raise kind(
             f"{what} {str(path)!r} is not a plain tensor checkpoint (torch.load(weights_only=True) refused it: {err.reason})"
         ) from None

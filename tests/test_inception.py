@@ -41,11 +41,12 @@ def invoke(*args: object):  # type: ignore[no-untyped-def]
     return runner.invoke(app, [str(a) for a in args])
 
 
-def one_line_error(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
+def one_line_error(result, *needles: str) -> str:  # type: ignore[no-untyped-def]
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lowdiff-sched: error: "), result.stderr
     assert all(n in lines[0] for n in needles), lines[0]
+    return lines[0]
 
 
 # ---- the metrics on known Gaussians, against direct computations -------------------------------------------
@@ -208,6 +209,46 @@ def test_a_reference_of_another_resolution_is_refused(weights, stats, tmp_path):
 def test_weights_that_are_not_inception_are_one_line(tmp_path, stats):
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "w.pth")
     one_line_error(invoke("eval", *MNIST, "--ref", stats, "--inception-weights", tmp_path / "w.pth"), "does not fit InceptionV3")
+
+
+def test_torch_fidelity_never_opens_the_users_weights_file(weights, monkeypatch):
+    """The user's file is read once, by our weights-only loader; torch-fidelity's unguarded
+    torch.load only ever sees a file we wrote from the tensors we read (a file that is a valid
+    safetensors and a pickle at once can no longer reach it)."""
+    from lowdiff_sched.inception import load_inception
+
+    real_load, opened = torch.load, []
+
+    def recording_load(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append((str(f), kwargs.get("weights_only")))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    net = load_inception(weights)
+    unguarded = [f for f, guarded in opened if not guarded]
+    assert unguarded and str(weights) not in unguarded
+    assert (str(weights), True) in opened
+    reference = real_load(weights, weights_only=True)
+    assert all(torch.equal(net.state_dict()[k], v.to(net.state_dict()[k].dtype)) for k, v in reference.items())
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"hello world", "is neither a torch file nor a .safetensors file (it starts with b'hello world')"),
+    (None, "does not fit InceptionV3"),
+])
+def test_junk_weights_name_their_source(tmp_path, stats, monkeypatch, content, needle):
+    """Junk weights are one line that says what is wrong, naming $LOWDIFF_INCEPTION_WEIGHTS
+    when the path came from there (not --inception-weights)."""
+    from lowdiff_sched.inception import WEIGHTS_ENV
+
+    path = tmp_path / "w.pth"
+    if content is None:
+        torch.save({"fc.weight": torch.zeros(3, 3)}, path)
+    else:
+        path.write_bytes(content)
+    monkeypatch.setenv(WEIGHTS_ENV, str(path))
+    line = one_line_error(invoke("eval", *MNIST, "--ref", stats), needle)
+    assert f"${WEIGHTS_ENV} " in line and "--inception-weights" not in line
 
 
 def free_port() -> int:

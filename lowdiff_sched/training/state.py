@@ -21,7 +21,7 @@ import torch
 
 from .. import outputs
 from ..errors import first_line
-from ..tensorfiles import load_tensor_file
+from ..tensorfiles import UnsafeFileError, load_tensor_file
 
 FORMAT = "lowdiff-sched-train/1"
 NAME = re.compile(r"^checkpoint-(\d{8})\.pt$")
@@ -58,12 +58,14 @@ def newest_readable_checkpoint(
     """The newest checkpoint in out_dir that loads, with its state (None: there is none). A
     newer one that does not load (cut short by a full disk or a copy, damaged) is skipped,
     and `on_skip` (default: a note on stderr) is told which file and why; if none loads, a
-    ValueError lists them."""
+    ValueError lists them. A file that asks to run code is refused, never skipped."""
     found = list_checkpoints(out_dir)
     skipped = []
     for _, path in reversed(found):
         try:
             return path, load_checkpoint(path)
+        except UnsafeFileError:
+            raise
         except ValueError as err:
             reason = f"skipped {path.name}, which does not load: {first_line(err)}"
             skipped.append(reason)
