@@ -102,7 +102,13 @@ class ReferenceStats:
         """Read an EDM-style `.npz`; anything else is a one-line error naming the file."""
         where = f"--ref {str(path)!r}"
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"{where} is not a readable .npz file: {err}") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy file: one bare array
+            raise ValueError(f"{where} holds one bare array (a .npy file), not the .npz of mu and sigma that ref-stats writes")
+        try:
+            with data:
                 arrays = {k: data[k] for k in data.files}
         except (OSError, ValueError, EOFError) as err:
             raise ValueError(f"{where} is not a readable .npz file: {err}") from None

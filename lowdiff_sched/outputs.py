@@ -85,6 +85,11 @@ def _check_creatable(path: Path, option: str, folder: bool = False) -> None:
         raise ValueError(f"{option} {str(path)!r} is not writable: {str(base)!r} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {str(path)!r} is not writable: no write permission in {str(base)!r}")
+    try:  # permissions are not the whole story (a read-only file system, a full disk, /proc): try it
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {str(path)!r} is not writable: cannot create a file in {str(base)!r} ({err.strerror or err})") from None
 
 
 def check_new_file(path: str | Path, option: str) -> Path:

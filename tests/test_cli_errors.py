@@ -75,6 +75,13 @@ def test_eval_checks_the_csv_before_sampling(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_eval_checks_json_on_a_file_system_that_takes_no_files(tmp_path):
+    """Root passes every permission check, so a folder nothing can be written into (here
+    /proc) used to be found only after the whole eval: creating a file is tried first."""
+    result = run("eval", "--model", "mnist-base", "--plan", "mnist-base-dpmpp2m-5", "--n", "2", "--batch", "2", "--json", "/proc/r.json")
+    assert_refused(result, "--json", "not writable", "cannot create a file in '/proc'")
+
+
 def test_eval_refuses_a_csv_with_other_columns(tmp_path):
     other = tmp_path / "r.csv"
     other.write_text("a,b\n1,2\n")

@@ -177,11 +177,15 @@ def test_weights_come_from_the_environment(weights, stats, monkeypatch):
     ({"mu": np.zeros(2048), "sigma": np.eye(2048), "size": np.array(32)}, "size must be (H, W), two positive ints, got 32"),
     ({"mu": np.zeros(2048), "sigma": -np.eye(2048)}, "sigma is not positive semi-definite (eigenvalue -1)"),
     ({"mu": np.zeros(2048), "sigma": np.eye(2048) + np.triu(np.ones((2048, 2048)), 1)}, "sigma is not symmetric"),
+    (np.zeros(2048), "holds one bare array (a .npy file)"),
 ])
 def test_a_bad_stats_file_is_one_line(weights, tmp_path, content, needle):
     path = tmp_path / "bad.npz"
     if isinstance(content, bytes):
         path.write_bytes(content)
+    elif isinstance(content, np.ndarray):
+        path = tmp_path / "x.npy"
+        np.save(path, content)
     else:
         np.savez(path, **content)
     one_line_error(invoke("eval", *MNIST, "--ref", path, "--inception-weights", weights), "--ref", needle)
