@@ -165,13 +165,17 @@ def level_index(level: int, n_levels: int) -> int:
     return level % n_levels
 
 
+class MissingCondition(ValueError):
+    """A level that is conditioned on the level below was given no condition."""
+
+
 def check_condition(level: int, cond: Tensor | None, *, required: bool = True) -> None:
     """`cond` checked against `level` (an index >= 0): level 0 has no level below it, so
     takes no condition; with `required`, every level above it needs one."""
     if level == 0 and cond is not None:
         raise ValueError("level 0 is unconditional: cond must be None (only a level >= 1 has a level below it)")
     if required and level > 0 and cond is None:
-        raise ValueError(f"level {level} is conditioned on the level below: cond is required")
+        raise MissingCondition(f"level {level} is conditioned on the level below: cond is required")
 
 
 def check_level_sizes(sizes: Sequence[int], top: int, *, multiple: int = 1, min_levels: int = 1) -> tuple[int, ...]:

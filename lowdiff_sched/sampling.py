@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .plan import CascadePlan, StagePlan
-from .protocol import Level, ResolutionCascade, device_of, stage_denoiser
+from .protocol import Level, MissingCondition, ResolutionCascade, device_of, hand_overs_of, stage_denoiser
 from .samplers import BROWNIAN_SAMPLERS, accepts_noise_sampler, history_sampler, resolve_sampler, sampler_name
 from .resample import downsample, integer_factor, upsample
 from .transitions import StageOutput
@@ -105,7 +105,13 @@ def _run_stages(
         stage_callback = None
         if callback is not None:
             stage_callback = lambda info, k=k, index=index: callback({**info, "stage": k, "level": index})  # noqa: E731
-        x = sampler(recorded, x, sigmas, extra_args=extra_args, callback=stage_callback, disable=disable, **kwargs)
+        try:
+            x = sampler(recorded, x, sigmas, extra_args=extra_args, callback=stage_callback, disable=disable, **kwargs)
+        except MissingCondition as err:
+            what = f"plan {plan.name}" if plan.name else "the plan"
+            how = "starts the plan there" if k == 0 else f"is handed over with {stage.transition.kind}, which gives no condition"  # type: ignore[union-attr]
+            raise ValueError(f"{what}, stage {k}: {err}, but the stage {how}; this model takes the hand-overs "
+                             f"{', '.join(hand_overs_of(cascade))}") from None
         # the state keeps the dtype it started in (sample_cascade's `dtype`), whatever the
         # schedule's or the denoiser's, so hand-overs meet tensors of one dtype
         x = x.to(starts[k].dtype)
@@ -230,6 +236,13 @@ def sample_cascade(
     run = lambda starts, factory, extra: _run_stages(  # noqa: E731
         cascade, plan, starts, extra_args=extra, callback=callback, disable=disable, noise_factory=factory
     )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch dtype (torch.float32, torch.float64, ...), got {dtype!r}")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
 
     if seeds is not None:
         if noise is not None:

@@ -226,3 +226,41 @@ def test_the_state_dtype_is_sample_cascades_whatever_the_plan_sigmas(transition,
         x, stages = sample_cascade(cascade, plan, seeds=range(4), dtype=dtype, return_stages=True)
         assert x.dtype == dtype and all(s.x.dtype == s.denoised.dtype == dtype for s in stages)
         assert torch.isfinite(x).all()
+
+
+# ---- the Python API says what is wrong in the caller's terms (issue 21 item 10) ----------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from lowdiff_sched.models import load_model
+
+    return load_model("mnist-base")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"extra_args": {"class_labels": torch.zeros(2, 3)}}, r"class_labels must be one row of 10 class weights per sample, shape \[2, 10\], got \(2, 3\)"),
+    ({"extra_args": {"class_labels": torch.tensor([1, 2])}}, r"got \(2,\); class ids become rows with sampling.class_label_args"),
+    ({"device": "nope"}, r"device 'nope' is not a torch device"),
+    ({"dtype": torch.int64}, r"dtype must be a floating-point torch dtype .* got torch.int64"),
+])
+def test_bad_arguments_are_named(digits, kwargs, message):
+    from lowdiff_sched import presets
+
+    with pytest.raises(ValueError, match=message) as info:
+        sample_cascade(digits, presets.load_plan("mnist-base-dpmpp2m-5"), seeds=[0, 1], disable=True, **kwargs)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_hand_over_without_a_condition_into_a_conditioned_level_names_the_plan():
+    """Renoise into a LowDiff level (which needs the level below as its condition): the error
+    names the plan, the stage, the hand-over and what the model takes."""
+    from lowdiff_sched.models import load_model
+    from lowdiff_sched.transitions import Renoise
+
+    model, s = load_model("mnist-lowdiff-2level"), karras_sigmas(6).double()
+    plan = CascadePlan([StagePlan(0, s[:3] / 2, "euler"), StagePlan(1, s[2:], "euler", transition=Renoise())], name="mine")
+    with pytest.raises(ValueError, match=r"plan mine, stage 1: level 1 is conditioned on the level below: cond is required, "
+                                         r"but the stage is handed over with renoise, which gives no condition; "
+                                         r"this model takes the hand-overs condition"):
+        sample_cascade(model, plan, seeds=[0, 1], disable=True, extra_args={"class_labels": torch.eye(10)[:2]})

@@ -27,7 +27,13 @@ def label_rows(net: nn.Module, class_labels: Tensor | None, batch: int, device: 
         return None
     if class_labels is None:
         return torch.zeros([batch, net.label_dim], device=device)
-    return class_labels.to(torch.float32).reshape(-1, net.label_dim)
+    if not isinstance(class_labels, Tensor) or tuple(class_labels.shape) != (batch, net.label_dim):
+        shape = tuple(class_labels.shape) if isinstance(class_labels, Tensor) else type(class_labels).__name__
+        raise ValueError(
+            f"class_labels must be one row of {net.label_dim} class weights per sample, shape [{batch}, {net.label_dim}], "
+            f"got {shape}; class ids become rows with sampling.class_label_args(ids, {net.label_dim})"
+        )
+    return class_labels.to(torch.float32)
 
 
 def check_retrofit(

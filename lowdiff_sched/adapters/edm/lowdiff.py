@@ -194,7 +194,7 @@ class EDMCascade(EDMNetCascade):
         level_index(level, 1)
         if cond is not None:
             raise ValueError("EDMCascade has one level and takes no condition")
-        return self.net(x, sigma, class_labels=class_labels)
+        return self.net(x, sigma, class_labels=label_rows(self.net, class_labels, x.shape[0], x.device))
 
 
 # ---- runs: what a training run's model.json says about an EDM cascade (see lowdiff_sched.runs) ----

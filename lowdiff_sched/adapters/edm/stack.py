@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from ...protocol import Level, check_level_input
-from .inputs import EDMNetCascade, check_retrofit
+from .inputs import EDMNetCascade, check_retrofit, label_rows
 
 
 class LevelStack(EDMNetCascade):
@@ -77,4 +77,4 @@ class LevelStack(EDMNetCascade):
         level = check_level_input(self.levels, level, x)
         if cond is not None:
             raise ValueError("LevelStack levels are unconditional (they continue a trajectory or restart from noise): cond must be None")
-        return self.nets[level](x, sigma, class_labels=class_labels)
+        return self.nets[level](x, sigma, class_labels=label_rows(self.nets[level], class_labels, x.shape[0], x.device))
