@@ -82,6 +82,8 @@ def load_tensor_file(path: str | Path, what: str = "file") -> Any:
             raise ValueError(f"{what} {str(path)!r} is not a readable safetensors file ({_reason(exc)})") from None
     with open(path, "rb") as f:
         head = f.read(32)
+    if not head:
+        raise ValueError(f"{what} {str(path)!r} is empty")
     if not is_torch_file(head):
         raise ValueError(f"{what} {str(path)!r} is neither a torch file nor a .safetensors file (it starts with {head[:12]!r})")
     try:

@@ -174,7 +174,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_dit(tmp_path / "nope.pt", SMALL)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a plain tensor checkpoint"):
+    with pytest.raises(ValueError, match="is neither a torch file nor a .safetensors file"):
         load_dit(tmp_path / "junk.pt", SMALL)
     torch.save({"model": {"a": 1}}, tmp_path / "nostate.pt")
     with pytest.raises(ValueError, match="holds no state dict"):

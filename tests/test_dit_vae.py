@@ -287,8 +287,8 @@ def test_missing_file(tmp_path):
 @pytest.mark.parametrize(
     "name,size,reason",
     [
-        ("junk.pt", 4096, "not a plain tensor checkpoint"),
-        ("empty.ckpt", 0, "not a plain tensor checkpoint"),
+        ("junk.pt", 4096, "is neither a torch file nor a .safetensors file"),
+        ("empty.ckpt", 0, "is empty"),
         ("junk.safetensors", 4096, "not a readable safetensors file"),
     ],
 )
