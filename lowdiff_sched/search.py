@@ -277,8 +277,7 @@ def check_search_folder(out_dir: str | Path, model: str, fingerprint: str) -> No
 def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     path = out_dir / SETTINGS_FILE
     if path.is_file():
-        saved = json.loads(path.read_text())
-        check_search_folder(out_dir, settings["model"]["name"], settings["model"]["fingerprint"])
+        saved = json.loads(path.read_text())  # its model was checked by check_search_folder
         changed = sorted(k for k in set(saved) | set(settings) if k != "model" and saved.get(k) != settings.get(k))
         if changed:
             raise ValueError(f"{out_dir} holds a search with other settings ({', '.join(changed)} differ); use another output folder")
@@ -359,13 +358,14 @@ def search_plans(
         raise ValueError(f"level_costs needs one positive cost per level ({n_levels}), got {list(level_costs)}")
     check_counts(n_calib, n_judge, batch_size, seed, bootstrap)
     reference = check_reference(reference or default_reference(cascade, space), cascade)
+    fingerprint = model_fingerprint(cascade)
     if out_dir is not None:
-        check_search_folder(out_dir, model, model_fingerprint(cascade))
+        check_search_folder(out_dir, model, fingerprint)  # before the folder is made or anything of it read
     out = None if out_dir is None else ensure_writable_dir(Path(out_dir))
     settings = {"space": space.to_dict(), "reference": reference.to_dict(), "n_calib": n_calib, "n_judge": n_judge,
                 "seed": seed, "level_costs": [float(c) for c in level_costs], "cost_unit": cost_unit,
                 "judge": type(judge).__name__ if judge is not None else None, "bootstrap": bootstrap,
-                "model": {"name": model, "fingerprint": model_fingerprint(cascade)}}
+                "model": {"name": model, "fingerprint": fingerprint}}
     if out is not None:
         _check_settings(out, settings)
     store = _Store(out)
