@@ -219,3 +219,15 @@ def test_named_emoji_dataset_reads_the_built_folder(tarballs, tmp_path: Path, mo
     assert images.label_dim <= len(emoji.CATEGORIES) and images[0][0].shape == (3, 64, 64)
     with pytest.raises(ValueError, match="emoji split must be one of"):
         dataset("emoji:test")
+
+
+def test_npm_that_hangs_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "npm").write_text("#!/bin/sh\nexec sleep 30\n")
+    (folder / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:/usr/bin:/bin")
+    monkeypatch.setattr(emoji, "NPM_TIMEOUT", 1)
+    result = CliRunner().invoke(app, ["data", "emoji", "--out", str(tmp_path / "out")])
+    _one_line_error(result, "did not finish in 1 s", "registry reachable")
+    assert not (tmp_path / "out").exists()

@@ -49,6 +49,7 @@ SIZE = 64
 BACKGROUND = (255, 255, 255)
 HELDOUT_EIGHTHS = 1  # 1/8 of the base emoji are held out
 SPLIT_FILES = {"train": "emoji-train.zip", "heldout": "emoji-heldout.zip"}
+NPM_TIMEOUT = 600  # seconds: the two tarballs are 136 MB
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 ATTRIBUTION = """\
 Emoji artwork at 64x64, composited onto white by lowdiff-sched from the npm packages
@@ -120,8 +121,11 @@ def fetch_emoji_packages(dest: Path) -> dict[str, Path]:
             raise ValueError("the emoji artwork is fetched with npm, which is not installed: install Node.js and npm "
                              "(e.g. apt-get install npm), or pass a folder holding the tarballs with --tarballs")
         dest.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([npm, "pack", *wanted, "--pack-destination", str(dest), "--silent"],
-                              capture_output=True, text=True)
+        try:
+            done = subprocess.run([npm, "pack", *wanted, "--pack-destination", str(dest), "--silent"],
+                                  capture_output=True, text=True, timeout=NPM_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise ValueError(f"npm pack {' '.join(wanted)} did not finish in {NPM_TIMEOUT} s; is the npm registry reachable?") from None
         if done.returncode != 0:
             reason = next((line for line in done.stderr.splitlines() if line.strip()), f"exit code {done.returncode}")
             raise ValueError(f"npm pack {' '.join(wanted)} failed: {reason.strip()}")
