@@ -58,13 +58,19 @@ def remove_stale_temporaries(folder: str | Path, names: str = ".+") -> list[Path
     return removed
 
 
+def _try_a_file(folder: Path) -> None:
+    """Create and drop a file in `folder`: permissions are not the whole story (a read-only
+    file system, a full disk, /proc); OSError if it cannot be done."""
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 def ensure_writable_dir(path: str | Path) -> Path:
     """Create `path` if needed and check that files can be written there (before any long run)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        _try_a_file(path)
     except OSError as err:
         raise ValueError(f"output directory {str(path)!r} is not writable: {err.strerror or err}") from None
     return path
@@ -85,9 +91,8 @@ def _check_creatable(path: Path, option: str, folder: bool = False) -> None:
         raise ValueError(f"{option} {str(path)!r} is not writable: {str(base)!r} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {str(path)!r} is not writable: no write permission in {str(base)!r}")
-    try:  # permissions are not the whole story (a read-only file system, a full disk, /proc): try it
-        with tempfile.TemporaryFile(dir=base):
-            pass
+    try:
+        _try_a_file(base)
     except OSError as err:
         raise ValueError(f"{option} {str(path)!r} is not writable: cannot create a file in {str(base)!r} ({err.strerror or err})") from None
 
