@@ -31,7 +31,8 @@ from lowdiff_sched import presets
 from lowdiff_sched.judges import class_labels_of, paired_difference, score
 from lowdiff_sched.models import load_model, model_spec
 from lowdiff_sched.protocol import label_dim_of
-from lowdiff_sched.sampling import class_label_args, sample_cascade
+from lowdiff_sched.labels import class_label_args
+from lowdiff_sched.sampling import sample_cascade
 
 SEED0 = 1_000_000  # held-out seeds, as the plan search judges on
 

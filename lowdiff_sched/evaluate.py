@@ -7,7 +7,7 @@ for the Gaussian oracle) or `inception.InceptionJudge` (FID, IS, KID, precision/
 against reference statistics. Only features are kept, never the images. Under torchrun the
 batches are dealt over the processes as `sample` deals them and the features gathered in
 batch order, so N processes give the numbers one process gives. A class-conditional
-model's seed s gets class s mod the class count (`sampling.seed_labels`).
+model's seed s gets class s mod the class count (`labels.seed_labels`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from .generate import deal_batches, sample_batch
 from .judges import DigitJudge, Judge
 from .plan import CascadePlan
 from .protocol import ResolutionCascade, label_dim_of
-from .sampling import seed_labels
-from .training.distributed import Processes, gather_objects
+from .labels import seed_labels
+from .processes import Processes, gather_objects
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,40 @@ def evaluate(
         effective_nfe=plan.effective_nfe(flop_ratios(cascade, plan)),
         judge=type(judge).__name__,
     )
+
+
+def evaluate_model(
+    model: str, plan: str | None, seeds: Sequence[int], *, batch: int = 64, reference: Any = None,
+    inception_weights: str | Path | None = None, ckpt: str | Path | None = None, latent_stats: str | Path | None = None,
+    decoder: str | Path | None = None, csv: str | Path | None = None, device: str = "cpu", progress: bool = False,
+) -> Evaluation | None:
+    """`evaluate` for model `model` (a registered name, a training run or an exported model)
+    under `plan` (a preset or plan file; None: the model's default), judged by its own judge
+    or, with `reference` (`inception.ReferenceStats`), the Inception metrics; a latent model's
+    samples are decoded by `decoder`. With `csv`, that file's columns are checked against the
+    judge's before sampling. Under torchrun every process calls it; rank 0 gets the
+    Evaluation, the others None. What `lowdiff-sched eval` runs."""
+    from .devices import check_device
+    from .generate import latent_decoding
+    from .models import load_for_plan, model_spec
+    from .processes import join_processes
+
+    spec = model_spec(model)
+    procs = join_processes(check_device(device))
+    try:
+        run_device = procs.device(device)
+        cascade, cascade_plan = load_for_plan(model, plan, run_device, ckpt)
+        decoding = latent_decoding(cascade, latent_stats, decoder, run_device) if spec.latent else None
+        seeds = list(seeds)
+        judge = judge_for(spec, cascade, reference, inception_weights, len(seeds), run_device)
+        if csv is not None:
+            check_csv(csv, columns(list(judge.lower_is_better)))
+        return evaluate(
+            cascade, cascade_plan, seeds=seeds, batch=batch, judge=judge, decode=decoding.images if decoding is not None else None,
+            model_name=model, device=run_device, procs=procs, progress=progress,
+        )
+    finally:
+        procs.close()
 
 
 def check_csv(path: str | Path, header: Sequence[str], option: str = "--csv") -> Path:

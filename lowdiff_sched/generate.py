@@ -10,6 +10,8 @@ job on N processes writes exactly the files a one-process job writes.
 from __future__ import annotations
 
 import sys
+import time
+from contextlib import nullcontext
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +24,9 @@ from torch import Tensor
 from .outputs import atomic_path, grid, save_png, save_samples, to_uint8
 from .plan import CascadePlan
 from .protocol import ResolutionCascade, label_dim_of
-from .sampling import class_label_args, sample_cascade
-from .training.distributed import Processes, gather_objects
+from .labels import class_label_args
+from .sampling import sample_cascade
+from .processes import Processes, gather_objects
 
 GRID_MAX = 64  # latent models: grid.png shows the first seeds only (decoded images are large)
 # What a sampling job writes: {seed:06d}.png, grid.png, samples.npz, latents-{first}-{last}.safetensors
@@ -107,45 +110,17 @@ def finish_grid(out_dir: Path, mine: list[tuple[int, list[int], np.ndarray]], pr
     return path
 
 
-@dataclass(frozen=True)
-class LatentDecoding:
-    """How a latent model's samples become the VAE's latents and images: the latent
-    statistics (the network works on (z - mean) / std) and, optionally, the VAE decoder."""
+def latent_decoding(cascade: ResolutionCascade, latent_stats: str | Path | None, decoder: str | Path | None,
+                    device: str | torch.device = "cpu") -> Any:
+    """How a latent model's samples become its decoder's latents and images (its backbone's
+    `decoding`: for a DiT, the latent statistics and the VA-VAE), loaded before any sampling."""
+    from .backbones import backbone_of
 
-    stats: tuple[Tensor, Tensor] | None
-    decoder: Any = None
-
-    def to_vae(self, x: Tensor) -> Tensor:
-        from .adapters.dit.weights import denormalize
-
-        return denormalize(x, self.stats) if self.stats is not None else x
-
-    @torch.no_grad()
-    def images(self, x: Tensor) -> Tensor:
-        """Decoded images in [-1, 1] of a batch of samples (on the CPU)."""
-        if self.decoder is None:
-            raise ValueError("decoding latents to images needs --vae (and --latent-stats)")
-        device = next(self.decoder.parameters()).device
-        return self.decoder.decode(self.to_vae(x).to(device)).cpu()
-
-
-def load_latent_decoding(channels: int, stats_path: str | Path | None, vae_path: str | Path | None,
-                         device: str | torch.device = "cpu") -> LatentDecoding:
-    """The latent statistics and VAE decoder of a latent model making `channels`-channel
-    latents, loaded and checked before any sampling."""
-    from .adapters.dit.weights import load_latent_stats
-
-    if vae_path is not None and stats_path is None:
-        raise ValueError("--vae needs --latent-stats: the network works on normalised latents, the VAE on its own")
-    stats = load_latent_stats(stats_path, channels) if stats_path is not None else None
-    decoder = None
-    if vae_path is not None:
-        from .adapters.dit.vae import load_vae_decoder
-
-        decoder = load_vae_decoder(vae_path, device=device)
-        if decoder.config.embed_dim != channels:
-            raise ValueError(f"--vae {vae_path} decodes {decoder.config.embed_dim}-channel latents; the model makes {channels}")
-    return LatentDecoding(stats, decoder)
+    backbone = backbone_of(cascade)  # type: ignore[arg-type]
+    if backbone is None or not backbone.latent:
+        raise ValueError(f"{type(cascade).__name__} is not a latent model of a registered backbone: it has no decoder")
+    return backbone.decoding(cascade.levels[-1].channels, None if latent_stats is None else Path(latent_stats),
+                             None if decoder is None else Path(decoder), torch.device(device))
 
 
 class SampleJob:
@@ -172,7 +147,7 @@ class SampleJob:
         written = finish_pixels(self.out, list(self._batches(seeds, labels, batch)), self.procs, value_range, ncol)
         return f"{len(seeds)} PNGs, {written['grid'].name} and {written['npz'].name}" if written else ""
 
-    def latents(self, seeds: list[int], labels: list[int] | None, batch: int, decoding: LatentDecoding) -> str:
+    def latents(self, seeds: list[int], labels: list[int] | None, batch: int, decoding: Any) -> str:
         """Sample latent models: a latents file per batch, and with a VAE the PNGs and grid.png."""
         shown = []
         decoder = decoding.decoder
@@ -187,3 +162,73 @@ class SampleJob:
         if decoder is not None:
             text += f", {len(seeds)} PNGs" + (f" and {grid_path.name}" if grid_path else "")
         return text
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    """What `sample_model` did: the plan it ran, the seconds sampling took, what it wrote, and
+    on how many processes (`is_main`: this one is rank 0, the one that reports)."""
+
+    plan: CascadePlan
+    seconds: float
+    written: str
+    world: int
+    is_main: bool
+
+
+def sample_model(
+    model: str, plan: str | None, seeds: Sequence[int], out: str | Path, *, labels: Sequence[int] | None = None,
+    batch: int = 16, device: str = "cpu", overwrite: bool = False, ckpt: str | Path | None = None,
+    latent_stats: str | Path | None = None, decoder: str | Path | None = None, extra: dict[str, Any] | None = None,
+    progress: bool = False, labels_name: str = "class_labels",
+) -> SampleRun:
+    """Sample model `model` (a registered name, a training run or an exported model) with
+    `plan` (a preset or plan file; None: the model's default) into the folder `out`: one
+    sample per seed, seed s of a class-conditional model drawn for class labels[s mod
+    len(labels)] (default: every class). Under torchrun every process calls it and the
+    batches are dealt over them. Image models write PNGs, grid.png and samples.npz; latent
+    models their latents, and with a `decoder` the decoded PNGs. What `lowdiff-sched sample`
+    runs; errors name `labels_name` for the labels."""
+    from .devices import check_device
+    from .labels import seed_labels
+    from .models import load_for_plan, model_spec
+    from .outputs import check_out_dir, claim_out_dir
+    from .presets import load_plan
+    from .processes import join_processes
+    from .sampling import check_seeds
+
+    seed_list = check_seeds(seeds)
+    if len(set(seed_list)) != len(seed_list):
+        raise ValueError("seeds must not repeat (each names one sample and its files)")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    spec = model_spec(model)
+    if plan is not None:
+        load_plan(plan)  # a bad plan file is found before the model is loaded
+    out = Path(out)
+    check_out_dir(out, "out", overwrite)
+    procs = join_processes(check_device(device))
+    try:
+        run_device = procs.device(device)
+        cascade, cascade_plan = load_for_plan(model, plan, run_device, ckpt)
+        label_dim = label_dim_of(cascade)
+        if not label_dim and labels is not None:
+            raise ValueError(f"{labels_name}: model {model} is unconditional (it takes no class labels)")
+        try:
+            seed_classes = seed_labels(seed_list, label_dim, labels) if label_dim else None
+        except ValueError as err:
+            raise ValueError(f"{labels_name}: {err} (model {model})") from None
+        job = SampleJob(cascade, cascade_plan, out, run_device, procs, extra, progress and procs.is_main)
+        decoding = latent_decoding(cascade, latent_stats, decoder, run_device) if spec.latent else None
+        with claim_out_dir(out, SAMPLE_FILES, overwrite) if procs.is_main else nullcontext(out):
+            gather_objects(None, procs)  # the other ranks write only once rank 0 holds the folder
+            started = time.perf_counter()
+            if decoding is not None:
+                written = job.latents(seed_list, seed_classes, batch, decoding)
+            else:
+                ncol = len(labels) if labels and len(labels) <= 16 else None
+                written = job.pixels(seed_list, seed_classes, batch, spec.value_range, ncol)
+            seconds = time.perf_counter() - started
+    finally:
+        procs.close()
+    return SampleRun(cascade_plan, seconds, written, procs.world if procs.active else 1, procs.is_main)

@@ -286,7 +286,7 @@ class OracleJudge:
 
 
 def class_labels_of(seeds: Sequence[int], label_dim: int) -> Tensor | None:
-    """The class id each seed is drawn for (`sampling.seed_labels`), or None for an unconditional model."""
-    from .sampling import seed_labels
+    """The class id each seed is drawn for (`labels.seed_labels`), or None for an unconditional model."""
+    from .labels import seed_labels
 
     return torch.as_tensor(seed_labels(seeds, label_dim)) if label_dim else None

@@ -1,6 +1,7 @@
 """Named models for the CLI and for users: one `sample` command, many backbones.
 
-Each entry builds a ResolutionCascade; adapters register theirs with `register_model`.
+Each entry builds a ResolutionCascade. Every backbone brings its own (`Backbone.models`);
+a user adds more with `register_model`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from .backbones import backbones
 from .plan import CascadePlan
 from .protocol import ResolutionCascade
 
@@ -27,6 +29,7 @@ class ModelSpec:
     judge: Callable[[ResolutionCascade], Any] | None = None  # the model's quality measure (`judges`), if it has one
     # how a one-level checkpoint becomes a cascade: a command with {name}, {ckpt} and {levels}
     fine_tune: str = ""
+    inspect: Callable[[], ResolutionCascade] | None = None  # the cascade without weights, for `info` (default: build it)
 
     def plan_for(self, cascade: ResolutionCascade) -> str:
         """The default plan for a loaded model ("" if none)."""
@@ -52,24 +55,42 @@ class ModelSpec:
 
 
 _MODELS: dict[str, ModelSpec] = {}
+_LOADED = False
 
 
-def register_model(spec: ModelSpec) -> ModelSpec:
+def _registry() -> dict[str, ModelSpec]:
+    """Every named model: each backbone's own (`Backbone.models`), then those registered here."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for backbone in backbones().values():
+            for spec in backbone.models():
+                _add(spec)
+    return _MODELS
+
+
+def _add(spec: ModelSpec) -> ModelSpec:
     if spec.name in _MODELS:
         raise ValueError(f"model {spec.name!r} is already registered")
     _MODELS[spec.name] = spec
     return spec
 
 
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a named model (after the backbones' own, whose names it may not take)."""
+    _registry()
+    return _add(spec)
+
+
 def model_names() -> list[str]:
-    return list(_MODELS)
+    return list(_registry())
 
 
 def model_spec(name: str) -> ModelSpec:
     """A registered model, a model written by `lowdiff-sched export` (its .json, its
     .safetensors or their common stem), or a training run folder / checkpoint written by
     `lowdiff-sched train`."""
-    if name in _MODELS:
+    if name in _registry():
         return _MODELS[name]
     exported = exported_stem(Path(name))
     if exported is not None:
@@ -155,116 +176,15 @@ def _is_latent_spec_file(spec: Path) -> bool:
         return False
 
 
-def _gaussian_field(device: torch.device, **options: Any) -> ResolutionCascade:
-    from .adapters.analytic import GaussianFieldCascade
+def shipped(name: str) -> Callable[..., ResolutionCascade]:
+    """The builder of a model whose weights ship in the package (lowdiff_sched/weights/NAME.*)."""
 
-    return GaussianFieldCascade(**{"levels": (8, 16, 32), "channels": 3, **options})
-
-
-def _digit_judge(cascade: ResolutionCascade) -> Any:
-    from .judges import DigitJudge
-
-    return DigitJudge()
-
-
-def _oracle_judge(cascade: ResolutionCascade) -> Any:
-    from .judges import OracleJudge
-
-    return OracleJudge(cascade)
-
-
-def _shipped(name: str) -> Callable[..., ResolutionCascade]:
     def build(device: torch.device, **options: Any) -> ResolutionCascade:
         from .runs import load_exported
         from .weights import weight_path
 
+        if options:
+            raise ValueError(f"{name} ships with its weights: it takes no {', '.join(sorted(options))}")
         return load_exported(weight_path(f"{name}.safetensors")).to(device)
 
     return build
-
-
-register_model(
-    ModelSpec(
-        "mnist-lowdiff",
-        "LowDiff on real MNIST digits: mnist-base retrofitted at 8/16/32 and fine-tuned (shipped weights, 10 classes)",
-        _shipped("mnist-lowdiff"),
-        default_plan="mnist-3stage",
-        judge=_digit_judge,
-    )
-)
-register_model(
-    ModelSpec(
-        "mnist-lowdiff-2level",
-        "LowDiff on real MNIST digits with two levels: mnist-base retrofitted at 16/32 and fine-tuned (shipped weights, 10 classes)",
-        _shipped("mnist-lowdiff-2level"),
-        default_plan="mnist-2stage",
-        judge=_digit_judge,
-    )
-)
-register_model(
-    ModelSpec(
-        "mnist-c2f",
-        "C2F-DM on real MNIST digits: mnist-base with a resolution label, fine-tuned at 16/32 in alternate steps (shipped weights, 10 classes)",
-        _shipped("mnist-c2f"),
-        default_plan="mnist-c2f",
-        judge=_digit_judge,
-    )
-)
-register_model(
-    ModelSpec(
-        "mnist-fast",
-        "a LevelStack on real MNIST digits: mnist-base, unchanged, on top and a copy of it at 16x16 distilled from "
-        "mnist-base's own predictions for a Continue hand-over (shipped weights, 10 classes)",
-        _shipped("mnist-fast"),
-        default_plan="mnist-fast",
-        judge=_digit_judge,
-    )
-)
-register_model(
-    ModelSpec(
-        "mnist-base",
-        "single-resolution 32x32 baseline on real MNIST digits, the SongUNet mnist-lowdiff starts from (shipped weights, 10 classes)",
-        _shipped("mnist-base"),
-        default_plan="mnist-base-35",
-        judge=_digit_judge,
-    )
-)
-NO_DIT_WEIGHTS = (
-    "no weights ship with lowdiff-sched for {name}: pass --ckpt PATH, a LightningDiT checkpoint "
-    "(hustvl/LightningDiT's released B/1 or XL/1 .pt, or a LowDiff/C2F fine-tune saved by lowdiff-sched), "
-    "or train one: lowdiff-sched train --model {name} --data LATENTS ..."
-)
-
-
-def _dit(name: str) -> Callable[..., ResolutionCascade]:
-    def build(device: torch.device, ckpt: str | Path | None = None, **options: Any) -> ResolutionCascade:
-        from .adapters.dit.weights import load_dit
-        from .adapters.dit.sizes import size_config
-
-        if ckpt is None:
-            raise ValueError(NO_DIT_WEIGHTS.format(name=name))
-        return load_dit(ckpt, size_config(name, **options), name).to(device)
-
-    return build
-
-
-for _name, _about, _plans in (
-    ("dit-b1", "LightningDiT-B/1 (130M) on 16x16x32 VA-VAE latents, 1000 ImageNet classes", ("imagenet256-dit-b1", "imagenet256-dit-b1-baseline-100")),
-    ("dit-xl1", "LightningDiT-XL/1 (675M) on 16x16x32 VA-VAE latents, 1000 ImageNet classes", ("imagenet256-dit-xl1", "imagenet256-dit-xl1-baseline-250")),
-    ("dit-s1", "a small LightningDiT (1.4M; depth 4, width 128) on 16x16x32 latents, for tests and smoke runs", ("imagenet256-dit-b1", "imagenet256-dit-b1-baseline-100")),
-):
-    register_model(ModelSpec(
-        _name, f"{_about}; needs --ckpt (a plain checkpoint runs the baseline plan, a LowDiff one the cascade)",
-        _dit(_name), default_plan=_plans[0], latent=True, single_level_plan=_plans[1],
-        fine_tune="lowdiff-sched train --model {name} --init {ckpt} --data LATENTS --levels {levels} --out runs/{name}-lowdiff",
-    ))
-
-register_model(
-    ModelSpec(
-        "gaussian-field",
-        "exact Gaussian random-field oracle, levels 8/16/32, 3 channels (no weights; exact denoisers)",
-        _gaussian_field,
-        default_plan="cifar10-3stage",
-        judge=_oracle_judge,
-    )
-)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from .outputs import atomic_path
 from .plan import CascadePlan
@@ -37,9 +38,13 @@ def plot_plan(plan: CascadePlan, path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_fronts(result, path: str | Path, title: str = "") -> None:  # type: ignore[no-untyped-def]
-    """Cost against quality for every judged plan of a `search.SearchResult`: single-resolution
-    plans in blue, cascades in orange, each family's Pareto front as a line with its plans named."""
+def plot_fronts(
+    families: Mapping[str, tuple[Sequence[tuple[float, float]], Sequence[tuple[str, float, float]]]],
+    path: str | Path, *, metric: str, cost_unit: str, lower_is_better: bool = True, title: str = "",
+) -> None:
+    """Cost against quality, one colour per family ("single resolution", "cascade"): every
+    measured (cost, value) as a faint point and the family's Pareto front, (name, cost,
+    value) per plan, as a line with its plans named."""
     try:
         import matplotlib
 
@@ -47,26 +52,20 @@ def plot_fronts(result, path: str | Path, title: str = "") -> None:  # type: ign
         import matplotlib.pyplot as plt
     except ImportError:
         raise ValueError("plotting needs matplotlib: pip install 'lowdiff-sched[plot]'") from None
-    from .search import SINGLE_FAMILIES
 
-    metric = result.primary
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-    colors = {"single resolution": "C0", "cascade": "C1"}
-    for label, front in result.family_fronts().items():
-        members = [r for r in result.results if (r.family in SINGLE_FAMILIES) == (label == "single resolution")]
-        points = [(r.cost, r.metric(metric)) for r in members if r.metric(metric) is not None]
+    for color, (label, (points, front)) in enumerate(families.items()):
         if points:
-            ax.scatter(*zip(*points), s=10, alpha=0.35, color=colors[label])
+            ax.scatter(*zip(*points), s=10, alpha=0.35, color=f"C{color}")
         if front:
-            ax.plot([r.cost for r in front], [r.metric(metric) for r in front], marker="o", ms=4, color=colors[label],
-                    label=f"{label} front")
-            for i, r in enumerate(front):  # labels alternate above and below the line
-                ax.annotate(r.name, (r.cost, r.metric(metric)), textcoords="offset points", xytext=(4, 6 if i % 2 else -10),
-                            fontsize=6, color=colors[label])
+            ax.plot([c for _, c, _ in front], [v for _, _, v in front], marker="o", ms=4, color=f"C{color}", label=f"{label} front")
+            for i, (name, cost, value) in enumerate(front):  # labels alternate above and below the line
+                ax.annotate(name, (cost, value), textcoords="offset points", xytext=(4, 6 if i % 2 else -10),
+                            fontsize=6, color=f"C{color}")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(f"cost per sample ({result.cost_unit}, log scale)")
-    ax.set_ylabel(f"{metric} (lower is better, log scale)" if result.lower_is_better else f"{metric} (log scale)")
+    ax.set_xlabel(f"cost per sample ({cost_unit}, log scale)")
+    ax.set_ylabel(f"{metric} (lower is better, log scale)" if lower_is_better else f"{metric} (log scale)")
     ax.set_title(title or f"plan search: cost against {metric}", fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

@@ -321,29 +321,3 @@ def cascade_sampler(plan: CascadePlan) -> Callable[..., Tensor]:
     sample.__name__ = f"sample_cascade_{plan.name or 'plan'}".replace("-", "_")
     sample.__doc__ = f"Cascade sampler for plan {plan.name or '(unnamed)'}; k-diffusion sampler signature."
     return sample
-
-
-def seed_labels(seeds: Sequence[int], label_dim: int, labels: Sequence[int] | None = None) -> list[int]:
-    """The class id of each seed: `labels[seed % len(labels)]`, so a seed always gets the same
-    class whatever else is sampled with it (default labels: every class, 0..label_dim-1)."""
-    if label_dim <= 0:
-        raise ValueError("the model is unconditional (no class labels); drop the class labels")
-    labels = list(range(label_dim)) if labels is None else [int(c) for c in labels]
-    if not labels:
-        raise ValueError("class labels are empty")
-    bad = [c for c in labels if not 0 <= c < label_dim]
-    if bad:
-        raise ValueError(f"class label {bad[0]} is out of range: the model has {label_dim} classes, 0-{label_dim - 1}")
-    return [labels[s % len(labels)] for s in seeds]
-
-
-def class_label_args(labels: Sequence[int], label_dim: int, device: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """`extra_args` carrying class ids as the one-hot rows EDM-style networks take."""
-    from .training.data import one_hot
-
-    return {"class_labels": one_hot(torch.as_tensor(list(labels), dtype=torch.long), label_dim).to(device)}
-
-
-def seed_label_args(seeds: Sequence[int], label_dim: int, device: str | torch.device = "cpu") -> dict[str, Tensor] | None:
-    """`extra_args` giving each seed its class (`seed_labels`); None for an unconditional model."""
-    return class_label_args(seed_labels(seeds, label_dim), label_dim, device) if label_dim else None

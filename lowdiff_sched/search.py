@@ -37,7 +37,8 @@ from .outputs import atomic_path, ensure_writable_dir
 from .plan import CascadePlan, StagePlan
 from .plan_space import Candidate, SearchSpace, candidates
 from .protocol import ResolutionCascade, label_dim_of
-from .sampling import sample_cascade, seed_label_args
+from .labels import seed_label_args
+from .sampling import sample_cascade
 from .schedules import karras_sigmas
 
 CANDIDATES_FILE = "candidates.jsonl"
@@ -181,9 +182,16 @@ class SearchResult:
         return buf.getvalue()
 
     def plot(self, path: str | Path, title: str = "") -> None:
+        """front.png: every judged plan and each family's front, cost against the primary metric."""
         from .plots import plot_fronts
 
-        plot_fronts(self, path, title)
+        families = {}
+        for label, front in self.family_fronts().items():
+            members = [r for r in self.results if (r.family in SINGLE_FAMILIES) == (label == "single resolution")]
+            points = [(r.cost, value) for r in members if (value := r.metric(self.primary)) is not None]
+            families[label] = (points, [(r.name, r.cost, r.metric(self.primary)) for r in front])
+        plot_fronts(families, path, metric=self.primary, cost_unit=self.cost_unit, lower_is_better=self.lower_is_better,
+                    title=title)
 
     def write(self, out_dir: str | Path, title: str = "") -> list[Path]:
         """front.md, results.csv, front.png (with matplotlib) and one JSON per front plan in plans/."""

@@ -30,7 +30,7 @@ from lowdiff_sched.runs import build_from_spec, spec_of
 from lowdiff_sched.sampling import sample_cascade
 from lowdiff_sched.schedules import flow_sigmas
 from lowdiff_sched.training import FlowLoss, multires_loss
-from lowdiff_sched.training.latents import LatentDataset
+from lowdiff_sched.datasets.latents import LatentDataset
 
 SMALL = DiTConfig(input_size=8, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=10)
 

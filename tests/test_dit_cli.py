@@ -230,7 +230,7 @@ def test_image_model_ranks_share_the_work_and_rank0_writes_the_files_of_one(tmp_
     results: batches are dealt round-robin, and rank 0 writes exactly the one-process files."""
     from lowdiff_sched import generate, presets
     from lowdiff_sched.models import load_model
-    from lowdiff_sched.training.distributed import Processes
+    from lowdiff_sched.processes import Processes
 
     cascade, plan = load_model("gaussian-field"), presets.get("cifar10-2stage")
     seeds = list(range(5))

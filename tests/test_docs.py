@@ -69,14 +69,14 @@ def test_local_links_and_pictures_exist():
 
 def test_the_toy_adapter_in_the_architecture_doc_runs(tmp_path):
     """docs/architecture.md's "How to add a backbone" example, as written, in a fresh process
-    (it registers a model and a format, which must not leak into the other tests)."""
+    (it registers a backbone, which must not leak into the other tests)."""
     import subprocess
     import sys
 
     doc = (ROOT / "docs" / "architecture.md").read_text()
     section = doc.split("## How to add a backbone", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 1 and len(blocks[0].splitlines()) <= 50
+    assert len(blocks) == 1 and len(blocks[0].splitlines()) <= 70
     (tmp_path / "toy.py").write_text(blocks[0])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "toy.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -26,8 +26,8 @@ from lowdiff_sched.adapters.edm.snapshots import CheckpointError, load_edm, save
 from lowdiff_sched.adapters.edm.lowdiff import build_network, cascade_of
 from lowdiff_sched.cli.app import app
 from lowdiff_sched.runs import MODEL_SPEC, load_run, spec_of
-from lowdiff_sched.training.state import load_checkpoint
-from lowdiff_sched.training.state import save_checkpoint as save_run_checkpoint
+from lowdiff_sched.checkpoints import load_checkpoint
+from lowdiff_sched.checkpoints import save_checkpoint as save_run_checkpoint
 
 runner = CliRunner()
 TINY_EDM = dict(img_resolution=8, img_channels=1, model_channels=16, channel_mult=[1, 2], num_blocks=1,

@@ -122,7 +122,8 @@ def test_eval_with_a_reference_matches_torch_fidelity_on_the_same_features(weigh
 
     from lowdiff_sched import presets
     from lowdiff_sched.models import load_model
-    from lowdiff_sched.sampling import class_label_args, sample_cascade, seed_labels
+    from lowdiff_sched.labels import class_label_args, seed_labels
+    from lowdiff_sched.sampling import sample_cascade
 
     out_json, out_csv = tmp_path / "r" / "eval.json", tmp_path / "r" / "eval.csv"
     result = invoke("eval", *MNIST, "--n", 6, "--batch", 3, "--ref", stats, "--inception-weights", weights,

@@ -24,8 +24,9 @@ from lowdiff_sched.evaluate import append_csv, evaluate
 from lowdiff_sched.judges import DigitJudge
 from lowdiff_sched.metrics import frechet_distance
 from lowdiff_sched.models import load_model
-from lowdiff_sched.sampling import sample_cascade, seed_labels
-from lowdiff_sched.training.data import one_hot
+from lowdiff_sched.labels import seed_labels
+from lowdiff_sched.sampling import sample_cascade
+from lowdiff_sched.labels import one_hot
 from lowdiff_sched.weights import HERE
 
 runner = CliRunner()

@@ -12,7 +12,7 @@ from lowdiff_sched.adapters.dit.networks import DiTConfig, LightningDiT
 from lowdiff_sched.adapters.dit.weights import dit_cascade_of
 from lowdiff_sched.adapters.edm.lowdiff import build_network, cascade_of
 from lowdiff_sched.runs import MODEL_SPEC, SPEC_FORMAT, build_from_spec, load_run, same_model, spec_of
-from lowdiff_sched.training.state import save_checkpoint
+from lowdiff_sched.checkpoints import save_checkpoint
 
 EDM = dict(img_resolution=8, img_channels=1, model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
 DIT = DiTConfig(input_size=4, patch_size=1, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=3)

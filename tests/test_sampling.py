@@ -240,7 +240,7 @@ def digits():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"extra_args": {"class_labels": torch.zeros(2, 3)}}, r"class_labels must be one row of 10 class weights per sample, shape \[2, 10\], got \(2, 3\)"),
-    ({"extra_args": {"class_labels": torch.tensor([1, 2])}}, r"got \(2,\); class ids become rows with sampling.class_label_args"),
+    ({"extra_args": {"class_labels": torch.tensor([1, 2])}}, r"got \(2,\); class ids become rows with labels.class_label_args"),
     ({"device": "nope"}, r"device 'nope' is not a torch device"),
     ({"dtype": torch.int64}, r"dtype must be a floating-point torch dtype .* got torch.int64"),
 ])

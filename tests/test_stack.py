@@ -173,10 +173,10 @@ def test_cli_distills_the_lower_level_and_leaves_the_top_untouched(tmp_path):
 
 def test_train_init_takes_a_shipped_model_by_name():
     """`init: "mnist-base"` starts from the shipped network itself (the mnist-fast config's start)."""
+    from lowdiff_sched.backbones import backbone
     from lowdiff_sched.models import load_model
-    from lowdiff_sched.training.recipe import load_edm_init
 
-    net = load_edm_init("mnist-base", seed=0)
+    net = backbone("edm").start("mnist-base", seed=0)
     shipped = load_model("mnist-base").net
     assert type(net).__name__ == "EDMPrecond" and net.training and all(p.requires_grad for p in net.parameters())
     assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in net.state_dict().items())

@@ -35,7 +35,7 @@ from lowdiff_sched.training import (
     one_hot,
     train,
 )
-from lowdiff_sched.training.state import list_checkpoints
+from lowdiff_sched.checkpoints import list_checkpoints
 from lowdiff_sched.training.config import resume_conflicts
 
 ROOT = Path(__file__).resolve().parents[1]

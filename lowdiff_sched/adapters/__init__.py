@@ -1,8 +1,3 @@
-"""Cascade adapters: concrete `ResolutionCascade` implementations.
-
-Importing the package registers each trainable backbone's model format with
-`runs.register_format`, so model specs of every backbone are read and written in one place.
-"""
-
-from .dit import weights as _dit_weights  # noqa: F401
-from .edm import lowdiff as _edm_lowdiff  # noqa: F401
+"""Cascade adapters: concrete `ResolutionCascade` implementations, one package (or module)
+per backbone, each with its `backbones.Backbone` record, listed in pyproject.toml's
+`lowdiff_sched.backbones` entry points."""

@@ -20,11 +20,12 @@ level-l spectrum is S_l(q) = sum_{k = q mod M} |a(k)|^2 S(k).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
+from ..backbones import Backbone
 from ..protocol import CascadeDefaults, Level, as_level, check_condition, level_index
 from ..resample import downsample, integer_factor
 
@@ -380,3 +381,26 @@ def exact_msf(field: GaussianFieldCascade, mode: str = "bilinear"):  # -> MSFCas
         return denoise
 
     return MSFCascade([denoiser(i) for i in range(len(sizes))], field.levels, C)
+
+
+class AnalyticBackbone(Backbone):
+    """Exact cascades, with nothing to train: the gaussian-field oracle."""
+
+    name = "analytic"
+
+    def models(self) -> Iterable[Any]:
+        from ..models import ModelSpec
+
+        def build(device: torch.device, **options: Any) -> GaussianFieldCascade:
+            return GaussianFieldCascade(**{"levels": (8, 16, 32), "channels": 3, **options})
+
+        def oracle(cascade: Any) -> Any:
+            from ..judges import OracleJudge
+
+            return OracleJudge(cascade)
+
+        yield ModelSpec("gaussian-field", "exact Gaussian random-field oracle, levels 8/16/32, 3 channels (no weights; exact denoisers)",
+                        build, default_plan="cifar10-3stage", judge=oracle)
+
+
+ANALYTIC = AnalyticBackbone()

@@ -104,12 +104,10 @@ def sample(
     """
     with user_errors():
         from lowdiff_sched import presets
-        from lowdiff_sched.devices import check_device
-        from lowdiff_sched.generate import SAMPLE_FILES, SampleJob, load_latent_decoding
-        from lowdiff_sched.models import load_for_plan, model_spec
-        from lowdiff_sched.outputs import check_out_dir, claim_out_dir
+        from lowdiff_sched.generate import sample_model
+        from lowdiff_sched.models import model_spec
+        from lowdiff_sched.outputs import check_out_dir
         from lowdiff_sched.sampling import check_seeds
-        from lowdiff_sched.training.distributed import gather_objects, join_processes
 
         # everything that can be checked is checked before --out is touched
         seed_list = check_seeds(parse_int_ranges(seeds, "--seeds"))
@@ -128,49 +126,18 @@ def sample(
             presets.load_plan(plan)  # a bad plan file is found before the model is loaded
         label_list = parse_int_ranges(class_labels, "--class-labels") if class_labels is not None else None
         check_out_dir(out, "--out", overwrite)
-        procs = join_processes(check_device(device))
-        try:
-            run_device = procs.device(device)
-            cascade, cascade_plan = load_for_plan(model, plan, run_device, ckpt)
-            labels = _labels(cascade, model, seed_list, label_list)
-            extra = {k: v for k, v in (("cfg_scale", cfg_scale), ("cfg_interval_start", cfg_interval_start),
-                                        ("cfg_channels", cfg_channels)) if v is not None}
-            job = SampleJob(cascade, cascade_plan, out, run_device, procs, extra, progress and procs.is_main)
-            decoding = load_latent_decoding(cascade.levels[-1].channels, latent_stats, vae, run_device) if spec.latent else None
-            with claim_out_dir(out, SAMPLE_FILES, overwrite) if procs.is_main else nullcontext(out):
-                gather_objects(None, procs)  # the other ranks write only once rank 0 holds the folder
-                started = time.perf_counter()
-                if spec.latent:
-                    written = job.latents(seed_list, labels, batch, decoding)
-                else:
-                    ncol = len(label_list) if label_list and len(label_list) <= 16 else None
-                    written = job.pixels(seed_list, labels, batch, spec.value_range, ncol)
-                seconds = time.perf_counter() - started
-        finally:
-            procs.close()
-        if procs.is_main:
-            where = f" on {procs.world} processes" if procs.active else ""
+        extra = {k: v for k, v in (("cfg_scale", cfg_scale), ("cfg_interval_start", cfg_interval_start),
+                                    ("cfg_channels", cfg_channels)) if v is not None}
+        done = sample_model(model, plan, seed_list, out, labels=label_list, batch=batch, device=device, overwrite=overwrite,
+                            ckpt=ckpt, latent_stats=latent_stats, decoder=vae, extra=extra, progress=progress,
+                            labels_name="--class-labels")
+        if done.is_main:
+            where = f" on {done.world} processes" if done.world > 1 else ""
             typer.echo(
-                f"{len(seed_list)} samples of {model} with plan {cascade_plan.name or plan} "
-                f"(NFE {'+'.join(map(str, cascade_plan.nfe()))}) in {seconds:.2f} s{where}"
+                f"{len(seed_list)} samples of {model} with plan {done.plan.name or plan} "
+                f"(NFE {'+'.join(map(str, done.plan.nfe()))}) in {done.seconds:.2f} s{where}"
             )
-            typer.echo(f"wrote {written} to {out}/")
-
-
-def _labels(cascade, name: str, seeds: list[int], class_labels: Optional[list[int]]) -> Optional[list[int]]:  # type: ignore[no-untyped-def]
-    """Each seed's class id for a class-conditional model (None for an unconditional one)."""
-    from lowdiff_sched.protocol import label_dim_of
-    from lowdiff_sched.sampling import seed_labels
-
-    label_dim = label_dim_of(cascade)
-    if not label_dim:
-        if class_labels is not None:
-            raise UsageError(f"--class-labels: model {name} is unconditional (it takes no class labels)")
-        return None
-    try:
-        return seed_labels(seeds, label_dim, class_labels)
-    except ValueError as err:
-        raise UsageError(f"--class-labels: {err} (model {name})") from None
+            typer.echo(f"wrote {done.written} to {out}/")
 
 
 def parse_levels(text: str) -> list[int]:
@@ -186,9 +153,10 @@ def train(
     config: Optional[Path] = typer.Option(None, help="JSON file (a TrainRecipe) with any of these options (and TrainConfig fields under \"train\"); options given here win, each override noted on stderr."),
     init: Optional[str] = typer.Option(None, help="EDM network pickle, lowdiff-sched EDM checkpoint, or a training run to start from (its EMA network); with --model, a LightningDiT checkpoint."),
     data: Optional[str] = typer.Option(None, help="EDM dataset (folder or zip of PNGs, dataset.json labels), or a named one: mnist, mnist:train; with --model, latents (.safetensors/.npz: latents [N,C,H,W], labels)."),
-    model: Optional[str] = typer.Option(None, help="A DiT size (dit-s1, dit-b1, dit-xl1): train a LightningDiT on latents, fresh or from --init."),
+    model: Optional[str] = typer.Option(None, help="A named architecture (the DiT sizes dit-s1, dit-b1, dit-xl1): train it on latents, fresh or from --init."),
+    backbone: Optional[str] = typer.Option(None, help="The backbone to train (edm, dit, ...). [the one --model or --init names, else edm]"),
     latent_stats: Optional[Path] = typer.Option(None, help="With --model: latents_stats.pt to normalise the latents with."),
-    levels: Optional[str] = typer.Option(None, help="Resolutions low -> high, the last the network's [EDM: 8,16,32; DiT: half and full latent size]; only the network's own: train it unmodified."),
+    levels: Optional[str] = typer.Option(None, help="Resolutions low -> high, the last the network's [EDM: a quarter, half and all of its resolution; DiT: half and full latent size]; only the network's own: train it unmodified."),
     out: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, model.json, log.jsonl. An existing run resumes. [runs/lowdiff]"),
     batch: Optional[int] = typer.Option(None, help="Global batch size (split over torchrun processes). [64]"),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps in total (a resumed run continues to this). [1000]"),
@@ -224,7 +192,7 @@ def train(
 
         recipe = TrainRecipe.read(config) if config is not None else TrainRecipe()
         recipe, notes = recipe.with_options(
-            init=init, data=data, model=model, latent_stats=latent_stats, levels=parse_levels(levels) if levels is not None else None,
+            init=init, data=data, model=model, backbone=backbone, latent_stats=latent_stats, levels=parse_levels(levels) if levels is not None else None,
             out=out, batch=batch, steps=steps, lr=lr, ema=ema, loss=loss, checkpoint_every=checkpoint_every, seed=seed,
             mixed_precision=mixed_precision, method=method, log=log,
         )
@@ -241,29 +209,28 @@ def train(
 @app.command()
 def info(
     model: str = typer.Argument(..., help="EDM pickle, lowdiff-sched checkpoint, training run, exported model (NAME.json), or registered model."),
-    levels: str = typer.Option("8,16,32", help="Retrofit levels to report for an EDM network."),
+    levels: Optional[str] = typer.Option(None, help="Retrofit levels to report for an EDM network. [a quarter, half and all of its resolution]"),
 ) -> None:
     """Parameters of a model and what the LowDiff retrofit adds to them.
 
     Example: lowdiff-sched info edm-cifar10-32x32-uncond-vp.pkl --levels 8,16,32
     """
     with user_errors():
-        from lowdiff_sched.adapters.dit.sizes import meta_cascade
-        from lowdiff_sched.adapters.edm.lowdiff import LowDiffUNet
-        from lowdiff_sched.adapters.edm.snapshots import load_edm
+        from lowdiff_sched.backbones import DEFAULT, backbone
         from lowdiff_sched.models import exported_stem, load_model, model_names, model_spec
         from lowdiff_sched.runs import load_exported, load_run, model_summary
 
         path = Path(model)
         if model in model_names():
-            typer.echo(f"{model}: {model_spec(model).description}")
-            cascade = meta_cascade(model) if model_spec(model).latent else load_model(model)
+            spec = model_spec(model)
+            typer.echo(f"{model}: {spec.description}")
+            cascade = spec.inspect() if spec.inspect is not None else load_model(model)
         elif exported_stem(path) is not None:
             cascade = load_exported(f"{exported_stem(path)}.json")
         elif path.is_dir() or (path.parent / "model.json").is_file():
             cascade = load_run(path)
         else:
-            cascade = LowDiffUNet.from_edm(load_edm(path), parse_levels(levels))
+            cascade = backbone(DEFAULT).inspect(path, parse_levels(levels) if levels is not None else None)
         for line in model_summary(cascade):
             typer.echo(line)
 
@@ -297,13 +264,10 @@ def eval_command(
     """
     with user_errors():
         from lowdiff_sched import presets
-        from lowdiff_sched.devices import check_device
-        from lowdiff_sched.evaluate import append_csv, check_csv, columns, evaluate, judge_for
-        from lowdiff_sched.generate import load_latent_decoding
+        from lowdiff_sched.evaluate import append_csv, evaluate_model
         from lowdiff_sched.inception import ReferenceStats, weights_path
-        from lowdiff_sched.models import load_for_plan, model_spec
+        from lowdiff_sched.models import model_spec
         from lowdiff_sched.outputs import atomic_path, check_new_file
-        from lowdiff_sched.training.distributed import join_processes
 
         if n < 2:
             raise UsageError(f"--n must be at least 2, got {n}")
@@ -329,21 +293,9 @@ def eval_command(
                 check_new_file(path, option)
         if plan is not None:
             presets.load_plan(plan)  # a bad plan file is found before the model is loaded
-        procs = join_processes(check_device(device))
-        try:
-            run_device = procs.device(device)
-            cascade, cascade_plan = load_for_plan(model, plan, run_device, ckpt)
-            decoding = load_latent_decoding(cascade.levels[-1].channels, latent_stats, vae, run_device) if spec.latent else None
-            judge = judge_for(spec, cascade, reference, inception_weights, n, run_device)
-            if csv_out is not None:
-                check_csv(csv_out, columns(list(judge.lower_is_better)))
-            result = evaluate(
-                cascade, cascade_plan, seeds=range(seed_start, seed_start + n), batch=batch, judge=judge,
-                decode=decoding.images if decoding is not None else None, model_name=model, device=run_device,
-                procs=procs, progress=progress,
-            )
-        finally:
-            procs.close()
+        result = evaluate_model(model, plan, range(seed_start, seed_start + n), batch=batch, reference=reference,
+                                inception_weights=inception_weights, ckpt=ckpt, latent_stats=latent_stats, decoder=vae,
+                                csv=csv_out, device=device, progress=progress)
         if result is None:  # not rank 0
             return
         typer.echo(result.summary())
@@ -380,7 +332,7 @@ def ref_stats(
         from lowdiff_sched.devices import check_device
         from lowdiff_sched.inception import load_inception, reference_stats, weights_path
         from lowdiff_sched.outputs import check_new_file
-        from lowdiff_sched.training import ImageDataset
+        from lowdiff_sched.datasets.images import ImageDataset
 
         check_new_file(out, "--out")
         weights_path(inception_weights)
@@ -424,7 +376,7 @@ def tune_steps(
         from lowdiff_sched.devices import check_device
         from lowdiff_sched.outputs import atomic_path, check_new_file
         from lowdiff_sched.protocol import label_dim_of
-        from lowdiff_sched.sampling import seed_label_args
+        from lowdiff_sched.labels import seed_label_args
 
         check_new_file(out, "--out")
         check_device(device)
@@ -484,7 +436,7 @@ def search(
         from lowdiff_sched.outputs import atomic_path, check_out_dir
         from lowdiff_sched.plan_space import SearchSpace
         from lowdiff_sched.protocol import label_dim_of
-        from lowdiff_sched.sampling import seed_label_args
+        from lowdiff_sched.labels import seed_label_args
         from lowdiff_sched.search import (
             check_counts, check_reference, check_search_folder, cheapest, model_fingerprint, parse_target, saved_level_costs,
             search_plans,

@@ -25,7 +25,7 @@ def emoji_dir() -> Path:
 
 def emoji_split(split: str) -> torch.utils.data.Dataset:
     """One split of the built emoji dataset (decoded images kept in memory: 7,500 at 12 KiB)."""
-    from ..training.data import ImageDataset
+    from .images import ImageDataset
     from .emoji import SPLIT_FILES
 
     if split not in SPLIT_FILES:

@@ -1,13 +1,15 @@
-"""Training LowDiff cascades: EDM's losses applied per level (losses), EDM-format image
-datasets (data), a data-parallel training loop with EMA, atomic checkpoints and exact
-resume (loop, config, state, ema, batches, seeds, distributed, interrupt), and a whole run
-as data, from the starting network to the TrainConfig (recipe)."""
+"""Training LowDiff cascades: EDM's losses applied per level (losses), a data-parallel
+training loop with EMA, atomic checkpoints and exact resume (loop, config, ema, batches,
+seeds, interrupt), and a whole run as data, from the starting network to the TrainConfig
+(recipe). Datasets, checkpoint files and class labels live below it (`datasets`,
+`checkpoints`, `labels`); they are re-exported here for training scripts."""
 
 from __future__ import annotations
 
-from .state import latest_checkpoint, load_checkpoint, load_weights
+from ..checkpoints import latest_checkpoint, load_checkpoint, load_weights
 from .config import TrainConfig
-from .data import ImageDataset, one_hot
+from ..datasets.images import ImageDataset
+from ..labels import one_hot
 from .losses import EDMLoss, FlowLoss, LevelNoise, VELoss, VPLoss, draw_multires_noise, make_loss, msf_loss, multires_loss
 from .loop import train
 from .recipe import TrainedRun, TrainRecipe

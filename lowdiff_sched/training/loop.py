@@ -18,10 +18,10 @@ from ..outputs import atomic_path, ensure_writable_dir
 from ..protocol import ResolutionCascade
 from ..runs import MODEL_SPEC
 from .batches import StepBatches
-from .state import latest_checkpoint, newest_readable_checkpoint, remove_stale_temporaries, save_checkpoint
+from ..checkpoints import latest_checkpoint, newest_readable_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig, resume_conflicts
-from .data import one_hot
-from .distributed import Processes, average_gradients, broadcast_parameters, default_device, join_processes, sum_over_ranks
+from ..labels import one_hot
+from ..processes import Processes, average_gradients, broadcast_parameters, default_device, join_processes, sum_over_ranks
 from .ema import ema_beta, ema_halflife, update_ema
 from .interrupt import DeferredInterrupt
 from .losses import distill_loss, draw_multires_noise, make_loss, multires_loss, trained_level_ids

@@ -13,13 +13,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..backbones import Backbone
 from .config import TrainConfig
 from .seeds import RETROFIT, derive_seed
 
 DEFAULT_OUT = "runs/lowdiff"
 DEFAULT_METHOD = "lowdiff"
-METHODS = ("lowdiff", "c2f", "distill")
-DEFAULT_EDM_LEVELS = (8, 16, 32)
 # Top-level keys (and `train` options) that stand for TrainConfig fields, as the configs write them.
 SHORTCUTS = {"batch": "batch", "steps": "steps", "lr": "lr", "ema": "ema_halflife_kimg", "loss": "loss",
              "checkpoint_every": "checkpoint_every", "seed": "seed", "mixed_precision": "mixed_precision", "log": "log"}
@@ -59,6 +58,7 @@ class TrainRecipe:
     init: str | dict[str, Any] | None = None
     data: str | None = None
     model: str | None = None
+    backbone: str | None = None
     levels: list[int] | None = None
     method: str | None = None
     latent_stats: str | None = None
@@ -80,15 +80,21 @@ class TrainRecipe:
             object.__setattr__(self, "init", str(self.init))
         if self.init is not None and not isinstance(self.init, (str, dict)):
             raise bad("init", 'a path, a model name or {"class_name": ..., "init_kwargs": {...}}')
-        if isinstance(self.init, dict):
-            if set(self.init) != {"class_name", "init_kwargs"} or not isinstance(self.init["init_kwargs"], dict):
-                raise ValueError(f'TrainRecipe.init: a fresh network is {{"class_name": ..., "init_kwargs": {{...}}}}, got keys {sorted(self.init)}')
-            object.__setattr__(self, "init", json.loads(json.dumps(self.init)))  # a copy, plain JSON
         if self.model is not None:
-            from ..adapters.dit.sizes import SIZES
+            from ..backbones import architectures
 
-            if self.model not in SIZES:
-                raise bad("model", f"a DiT size ({', '.join(SIZES)})")
+            if self.model not in architectures():
+                raise bad("model", f"a named architecture ({', '.join(architectures())})")
+        if self.backbone is not None:
+            from ..backbones import backbone
+
+            backbone(self.backbone)  # an unknown name lists the registered ones
+        if isinstance(self.init, dict):
+            try:
+                object.__setattr__(self, "init", json.loads(json.dumps(self.init)))  # a copy, plain JSON
+                self.backbone_record().check_fresh(self.init)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"TrainRecipe.init: {err}") from None
         if self.levels is not None:
             levels = self.levels
             if isinstance(levels, str):  # "8,16,32", as on the command line
@@ -101,8 +107,12 @@ class TrainRecipe:
             ):
                 raise bad("levels", "a list of sizes like [8, 16, 32]")
             object.__setattr__(self, "levels", list(levels))
-        if self.method is not None and self.method not in METHODS:
-            raise bad("method", f"one of {', '.join(METHODS)}")
+        if self.method is not None:
+            from ..backbones import backbones
+
+            methods = sorted({m for b in backbones().values() for m in b.methods})
+            if self.method not in methods:
+                raise bad("method", f"one of {', '.join(methods)}")
         if self.description is not None and not isinstance(self.description, str):
             raise bad("description", "a string")
         if not isinstance(self.train, dict):
@@ -201,56 +211,49 @@ class TrainRecipe:
     def out_dir(self) -> Path:
         return Path(self.out if self.out is not None else DEFAULT_OUT)
 
-    def check(self) -> None:
-        """The fields a run needs, given (a file may leave some to the command line)."""
+    def backbone_record(self) -> Backbone:
+        """The backbone this run trains: `backbone` if given, else the one that builds the
+        architecture `model` names, else one that claims `init` (e.g. a "diffusers:" folder),
+        else EDM's."""
+        from ..backbones import DEFAULT, architectures, backbone, backbones
+
+        if self.backbone is not None:
+            return backbone(self.backbone)
+        if self.model is not None:
+            return architectures()[self.model]
+        return next((b for b in backbones().values() if b.claims(self.init)), None) or backbone(DEFAULT)
+
+    def check(self) -> Backbone:
+        """The fields a run needs, given (a file may leave some to the command line); its backbone."""
+        record = self.backbone_record()
         for key in ("init", "data") if self.model is None else ("data",):
             if getattr(self, key) is None:
                 raise ValueError(f"--{key} is required (on the command line or in --config)")
-        if self.model is None and self.latent_stats is not None:
-            raise ValueError("--latent-stats is for latent (DiT) training, with --model")
+        if self.latent_stats is not None and not record.latent:
+            raise ValueError(f"--latent-stats is for latent training (a DiT --model); backbone {record.name} trains on images")
+        method = self.method or DEFAULT_METHOD
+        if method not in record.methods:
+            raise ValueError(f"--method {method}: backbone {record.name} trains {', '.join(record.methods) or 'no cascades'}")
+        if self.model is not None and self.model not in record.architectures:
+            raise ValueError(f"--model {self.model} is not an architecture of backbone {record.name}")
+        return record
 
     def build(self) -> tuple[nn.Module, torch.utils.data.Dataset, TrainConfig]:
         """(cascade, dataset, TrainConfig) to hand to `train`. The network starts from `init`
         (a fresh one seeded with the run's seed, as are the layers a retrofit adds, so the
         result does not depend on the caller's RNG, which is left as it was); label_dim, the
         loss (the backbone's own unless set), alternate_levels (c2f) and distill come from the
-        network, the data and the method."""
-        self.check()
+        network, the data and the method. Everything backbone-specific is its `Backbone`'s."""
+        record = self.check()
         method = self.method or DEFAULT_METHOD
         seed = int(self.train.get("seed", _default("seed")))
-        if self.model is not None:
-            from ..adapters.dit.weights import dit_cascade_of, load_latent_stats
-            from .latents import LatentDataset
-
-            with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
-                net = load_dit_init(self.model, self.init, seed)
-                size = net.config.input_size
-                torch.manual_seed(derive_seed(seed, RETROFIT))
-                cascade = dit_cascade_of(net, self.levels or [size // 2, size], method)
-            stats = load_latent_stats(self.latent_stats, net.config.in_channels) if self.latent_stats else None
-            dataset: torch.utils.data.Dataset = LatentDataset(self.data, stats)  # type: ignore[arg-type]
-            label_dim = int(cascade.label_dim) if dataset.has_labels else 0  # unlabelled latents train the null class
-            loss = "flow"
-        else:
-            from ..adapters.edm.lowdiff import backbone_loss, cascade_of
-            from ..adapters.edm.stack import LevelStack
-            from ..datasets import dataset as named_dataset
-            from ..datasets import is_named
-            from .data import ImageDataset
-
-            with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
-                net = load_edm_init(self.init, seed)
-                torch.manual_seed(derive_seed(seed, RETROFIT))
-                cascade = cascade_of(net, self.levels or list(DEFAULT_EDM_LEVELS), method=method)
-            if method == "distill":
-                if not isinstance(cascade, LevelStack):
-                    raise ValueError(f"TrainRecipe.method distill needs a level below the network's own, got levels {self.levels}")
-                cascade.freeze_top()  # the original network is the lower levels' teacher
-            dataset = named_dataset(str(self.data)) if is_named(str(self.data)) else ImageDataset(self.data)
-            label_dim = int(cascade.label_dim)
-            loss = backbone_loss(cascade)
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
+            net = record.start(self.init, seed, self.model)
+            torch.manual_seed(derive_seed(seed, RETROFIT))
+            cascade = record.cascade_of(net, self.levels or record.default_levels(net), method)
+        dataset = record.dataset(str(self.data), cascade, self.latent_stats)
         config = TrainConfig.from_dict({
-            "loss": loss, **self.train, "label_dim": label_dim,
+            "loss": record.loss(cascade), **self.train, "label_dim": record.label_dim(cascade, dataset),
             "alternate_levels": method == "c2f" and len(cascade.levels) > 1, "distill": method == "distill",
         })
         return cascade, dataset, config
@@ -264,7 +267,7 @@ class TrainRecipe:
         from ..outputs import atomic_path, ensure_writable_dir
         from ..runs import MODEL_SPEC, same_model, spec_of
         from .loop import train
-        from .state import latest_checkpoint
+        from ..checkpoints import latest_checkpoint
         from .tensorboard_log import summary_writer_class
 
         self.check()
@@ -292,7 +295,7 @@ class TrainRecipe:
         return TrainedRun(model, config, out_dir)
 
 
-OPTIONS = ("init", "data", "model", "levels", "method", "latent_stats", "out", *SHORTCUTS)
+OPTIONS = ("init", "data", "model", "backbone", "levels", "method", "latent_stats", "out", *SHORTCUTS)
 
 
 def _default(name: str) -> Any:
@@ -307,50 +310,3 @@ def _shown(value: Any) -> str:
         text = json.dumps(value)
         return text if len(text) <= 60 else text[:57] + "..."
     return str(value)
-
-
-def load_edm_init(init: object, seed: int) -> nn.Module:
-    """The EDM network to start from: a fresh one ({"class_name", "init_kwargs"}, seeded), a
-    shipped model's network (e.g. mnist-base), the EMA network of a training run, or an EDM
-    pickle / lowdiff-sched checkpoint."""
-    from ..adapters.edm.lowdiff import build_network, is_edm_precond
-    from ..adapters.edm.snapshots import load_edm
-    from ..models import load_model, model_names
-    from ..runs import MODEL_SPEC, load_run
-
-    if isinstance(init, dict):
-        if set(init) != {"class_name", "init_kwargs"}:
-            raise ValueError(f'init: a fresh network is {{"class_name": ..., "init_kwargs": {{...}}}}, got keys {sorted(init)}')
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return build_network(init["class_name"], init["init_kwargs"])
-    if isinstance(init, str) and init in model_names() and not Path(init).exists():
-        net = getattr(load_model(init), "net", None)
-        if not is_edm_precond(net):
-            raise ValueError(f"init: {init} is not an EDM network")
-        return net.train().requires_grad_(True)
-    path = Path(str(init))
-    if path.is_dir() and (path / MODEL_SPEC).is_file():
-        return load_run(path).net
-    return load_edm(path)
-
-
-def load_dit_init(name: str, init: object, seed: int) -> nn.Module:
-    """The LightningDiT to start from: size `name` fresh (seeded) without `init`, else the
-    network of a LightningDiT checkpoint or of a training run; `pos_embed` stays fixed."""
-    from ..adapters.dit.networks import LightningDiT
-    from ..adapters.dit.sizes import size_config
-    from ..adapters.dit.weights import load_dit
-    from ..runs import MODEL_SPEC, load_run
-
-    config = size_config(name)
-    if init is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = LightningDiT(config)
-    else:
-        path = Path(str(init))
-        model = load_run(path) if path.is_dir() and (path / MODEL_SPEC).is_file() else load_dit(path, config, name)
-        net = model.net.train().requires_grad_(True)
-    net.pos_embed.requires_grad_(False)  # a fixed sin-cos table, as in LightningDiT
-    return net

@@ -23,7 +23,7 @@ Velocity = Callable[[Tensor, Tensor, Tensor], Tensor]  # v(z_t, t, class ids)
 
 
 def class_ids(class_labels: Tensor | None, batch: int, num_classes: int, device: torch.device) -> Tensor:
-    """Class ids [B] from ids or one-hot rows [B, num_classes] (as `sampling.class_label_args`
+    """Class ids [B] from ids or one-hot rows [B, num_classes] (as `labels.class_label_args`
     makes them); None means the null class (unconditional)."""
     if class_labels is None:
         return torch.full((batch,), num_classes, dtype=torch.long, device=device)

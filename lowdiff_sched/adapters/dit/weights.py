@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from ...outputs import atomic_path
-from ...runs import ModelFormat, register_format
 from ...tensorfiles import load_tensor_file
 from .cascade import C2FDiT, DiTCascade, LowDiffDiT
 from .networks import DiTConfig, LightningDiT
@@ -134,45 +133,13 @@ def normalize(latents: Tensor, stats: tuple[Tensor, Tensor]) -> Tensor:
     return (latents - mean.to(latents.device)) / std.to(latents.device)
 
 
-# ---- training runs: the model spec beside the checkpoints --------------------------------
-def _describe(model: nn.Module) -> tuple[dict[str, Any], list[int], str, dict[str, Any]]:
-    """The model spec of a DiT cascade: the LightningDiT config, levels and method."""
-    method = {DiTCascade: "none", LowDiffDiT: "lowdiff", C2FDiT: "c2f"}[type(model)]
-    return model.net.config.to_dict(), [lv.size[0] for lv in model.levels], method, {}
-
-
-def _build(network: dict[str, Any], levels: list[int], method: str, options: dict[str, Any]) -> DiTModel:
-    """The untrained DiT cascade a spec describes, once its config is checked to build
-    (`check_dit_size`)."""
-    if method not in ("none", "lowdiff", "c2f") or options:
-        raise ValueError(f'a DiT spec\'s "method" is none, lowdiff or c2f with no "options", got {method!r:.40} and {options!r:.80}')
-    config = DiTConfig.from_dict(network)
-    check_dit_size(config, levels)
-    return dit_cascade_of(LightningDiT(config), levels, method)
-
-
-def _upgrade(spec: dict[str, Any]) -> tuple[dict[str, Any], list[int], str, dict[str, Any]]:
-    """A version-1 DiT spec ("lowdiff-sched/lowdiff-dit": config, levels, method)."""
-    if not isinstance(spec.get("config"), dict) or not isinstance(spec.get("levels"), list):
-        raise ValueError('a version-1 DiT spec needs "config" and "levels"')
-    return spec["config"], spec["levels"], spec.get("method"), {}  # type: ignore[return-value]
-
-
-DIT_FORMAT = register_format(ModelFormat(
-    backbone="dit", classes=(DiTCascade, LowDiffDiT, C2FDiT), describe=_describe, build=_build,
-    legacy_format="lowdiff-sched/lowdiff-dit", upgrade=_upgrade, latent=True,
-    describe_backbone=lambda model: (f"LightningDiT (depth {model.net.config.depth}, width {model.net.config.hidden_size}, "
-                                     f"{model.net.config.num_heads} heads, patch {model.net.config.patch_size}), loss flow"),
-))
-
-
 _MAX_DEPTH = 10_000  # blocks; LightningDiT-XL has 28
 
 
 def check_dit_size(config: DiTConfig, levels: list[int] | None = None) -> None:
     """Refuse (one-line ValueError naming the fields) a config whose network, with the
-    position tables of `levels`, would exceed `runs.MAX_PARAMETERS`; counted, not built."""
-    from ...runs import MAX_PARAMETERS
+    position tables of `levels`, would exceed `backbones.MAX_PARAMETERS`; counted, not built."""
+    from ...backbones import MAX_PARAMETERS
 
     r = config.mlp_ratio
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < float("inf"):

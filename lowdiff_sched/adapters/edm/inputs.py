@@ -31,7 +31,7 @@ def label_rows(net: nn.Module, class_labels: Tensor | None, batch: int, device: 
         shape = tuple(class_labels.shape) if isinstance(class_labels, Tensor) else type(class_labels).__name__
         raise ValueError(
             f"class_labels must be one row of {net.label_dim} class weights per sample, shape [{batch}, {net.label_dim}], "
-            f"got {shape}; class ids become rows with sampling.class_label_args(ids, {net.label_dim})"
+            f"got {shape}; class ids become rows with labels.class_label_args(ids, {net.label_dim})"
         )
     return class_labels.to(torch.float32)
 

@@ -21,7 +21,6 @@ from torch.nn.functional import silu
 from ...kernels import upsample_concat
 from ...protocol import Level, check_condition, check_level_input, level_index, level_one_hot
 from ...resample import UPSAMPLE_MODES
-from ...runs import ModelFormat, register_format
 from .c2f import C2FUNet
 from .stack import LevelStack
 from .inputs import EDMNetCascade, check_retrofit, label_rows
@@ -197,7 +196,7 @@ class EDMCascade(EDMNetCascade):
         return self.net(x, sigma, class_labels=label_rows(self.net, class_labels, x.shape[0], x.device))
 
 
-# ---- runs: what a training run's model.json says about an EDM cascade (see lowdiff_sched.runs) ----
+# ---- the cascade a method makes of an EDM network, and its loss ----
 _LOSS_OF_PRECOND = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
 
 
@@ -246,56 +245,3 @@ def cascade_of(
     if method == "distill":
         return LevelStack.from_edm(net, levels)
     return LowDiffUNet.from_edm(net, levels, cond, embed_cond_sigma)
-
-
-def _describe(model: nn.Module) -> tuple[dict[str, Any], list[int], str, dict[str, Any]]:
-    """The model spec of an EDM cascade: the backbone's class and init kwargs, levels, method."""
-    init_kwargs = getattr(model.net, "init_kwargs", None)
-    if init_kwargs is None:
-        raise ValueError("the backbone's init kwargs are unknown: load it with load_edm, which records them")
-    network = {"class_name": type(model.net).__name__, "init_kwargs": init_kwargs}
-    if isinstance(model, EDMCascade):
-        return network, [int(model.net.img_resolution)], "none", {}
-    method = "c2f" if isinstance(model, C2FUNet) else "distill" if isinstance(model, LevelStack) else "lowdiff"
-    options = {"cond": model.cond_mode, "embed_cond_sigma": model.embed_cond_sigma} if method == "lowdiff" else {}
-    return network, list(model.level_sizes), method, options
-
-
-def _build(network: dict[str, Any], levels: list[int], method: str, options: dict[str, Any]) -> nn.Module:
-    """The untrained EDM cascade a spec describes (the backbone checked before it is built)."""
-    if set(network) != {"class_name", "init_kwargs"}:
-        raise ValueError(f'"network" must be {{"class_name": ..., "init_kwargs": {{...}}}}, got {network!r:.200}')
-    if method not in METHODS:
-        raise ValueError(f'"method" of an EDM model must be one of {METHODS}, got {method!r:.80}')
-    expected = {"cond", "embed_cond_sigma"} if method == "lowdiff" else set()
-    if set(options) != expected:
-        raise ValueError(f'"options" of method {method!r} must be {sorted(expected)}, got {sorted(options)}')
-    net = build_network(network["class_name"], network["init_kwargs"])
-    if method == "none":
-        if levels != [int(net.img_resolution)]:
-            raise ValueError(f'method "none" runs the network at its own resolution {net.img_resolution}, got levels {levels}')
-        return EDMCascade(net)
-    return cascade_of(net, levels, options.get("cond", "nearest"), options.get("embed_cond_sigma", True), method)
-
-
-def _upgrade(spec: dict[str, Any]) -> tuple[dict[str, Any], list[int], str, dict[str, Any]]:
-    """A version-1 EDM spec ("lowdiff-sched/lowdiff-edm"; one level was "retrofit": false)."""
-    network, levels = spec.get("backbone"), spec.get("levels")
-    if not isinstance(network, dict) or not isinstance(levels, list):
-        raise ValueError('a version-1 EDM spec needs "backbone" and "levels"')
-    if spec.get("retrofit", True) is False:
-        return network, levels, "none", {}
-    method = spec.get("method", "lowdiff")
-    if method == "lowdiff":
-        missing = [k for k in ("cond", "embed_cond_sigma") if k not in spec]
-        if missing:
-            raise ValueError(f"a LowDiff model spec needs {' and '.join(map(repr, missing))}")
-        return network, levels, method, {"cond": spec["cond"], "embed_cond_sigma": spec["embed_cond_sigma"]}
-    return network, levels, method, {}
-
-
-EDM_FORMAT = register_format(ModelFormat(
-    backbone="edm", classes=(EDMCascade, LowDiffUNet, C2FUNet, LevelStack), describe=_describe, build=_build,
-    legacy_format="lowdiff-sched/lowdiff-edm", upgrade=_upgrade,
-    describe_backbone=lambda model: f"{type(model.net).__name__}({type(model.net.model).__name__}), loss {backbone_loss(model)}",
-))

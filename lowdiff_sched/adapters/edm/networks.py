@@ -793,10 +793,10 @@ def _real(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf) ->
 def check_init_kwargs(class_name: str, kwargs: Mapping[str, Any]) -> None:
     """Refuse, as a one-line ValueError naming the field, init kwargs of an EDM precond network
     or SongUNet (read from a file) that would not build: counts that are not ints or not
-    positive, or sizes past `runs.MAX_PARAMETERS`. Other classes are not checked.
+    positive, or sizes past `backbones.MAX_PARAMETERS`. Other classes are not checked.
 
     The size is an upper bound counted from the kwargs alone, so nothing is allocated."""
-    from ...runs import MAX_PARAMETERS
+    from ...backbones import MAX_PARAMETERS
 
     if class_name not in (*_PRECONDS, "SongUNet"):
         return

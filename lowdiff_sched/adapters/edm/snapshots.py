@@ -412,7 +412,7 @@ def _sniff(path: Path, expect_pickle: bool) -> str:
 def _load_own(path: Path, key: str, table: Mapping[str, type]) -> nn.Module:
     if key != "ema":
         raise CheckpointError(f"{path}: a lowdiff-sched checkpoint holds a single network; key={key!r} does not apply")
-    from ...training.state import FORMAT as TRAINING_FORMAT
+    from ...checkpoints import FORMAT as TRAINING_FORMAT
 
     obj = _load_weights_only(path, f"{path}:", "corrupt or truncated checkpoint")
     found = obj.get("format") if isinstance(obj, dict) else _describe(obj)

@@ -190,12 +190,3 @@ def _describe(shape: tuple[int, int, int]) -> str:
 def _some(names: list[str], k: int = 3) -> str:
     shown = ", ".join(repr(n) for n in names[:k])
     return shown + (f" and {len(names) - k} more" if len(names) > k else "")
-
-
-def one_hot(labels: Tensor, label_dim: int) -> Tensor:
-    """Class ids [B] -> one-hot float rows [B, label_dim], as EDM's networks take them."""
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be class ids of shape [B], got {tuple(labels.shape)}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= label_dim):
-        raise ValueError(f"class ids must lie in [0, {label_dim}) for label_dim={label_dim}, got {labels.min().item()}..{labels.max().item()}")
-    return torch.nn.functional.one_hot(labels.long(), label_dim).to(torch.float32)

@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .. import outputs
-from ..errors import first_line
-from ..tensorfiles import UnsafeFileError, load_tensor_file
+from . import outputs
+from .errors import first_line
+from .tensorfiles import UnsafeFileError, load_tensor_file
 
 FORMAT = "lowdiff-sched-train/1"
 NAME = re.compile(r"^checkpoint-(\d{8})\.pt$")
