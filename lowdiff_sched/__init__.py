@@ -35,7 +35,7 @@ _EXPORTS = {
     "flow_sigmas": "schedules",
     "frechet_distance": "metrics",
 }
-__all__ = [*_EXPORTS, "presets"]
+__all__ = [*_EXPORTS, "presets"]  # noqa: PLE0604  (the names are the keys of _EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

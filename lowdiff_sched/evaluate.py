@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 from .cost import flop_ratios
 from .generate import deal_batches, sample_batch
 from .judges import DigitJudge, Judge
-from .plan import CascadePlan
-from .protocol import ResolutionCascade, label_dim_of
 from .labels import seed_labels
+from .plan import CascadePlan
 from .processes import Processes, gather_objects
+from .protocol import ResolutionCascade, label_dim_of
 
 
 @dataclass(frozen=True)

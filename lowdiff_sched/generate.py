@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import nullcontext
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .labels import class_label_args
 from .outputs import atomic_path, grid, save_png, save_samples, to_uint8
 from .plan import CascadePlan
-from .protocol import ResolutionCascade, label_dim_of
-from .labels import class_label_args
-from .sampling import sample_cascade
 from .processes import Processes, gather_objects
+from .protocol import ResolutionCascade, label_dim_of
+from .sampling import sample_cascade
 
 GRID_MAX = 64  # latent models: grid.png shows the first seeds only (decoded images are large)
 # What a sampling job writes: {seed:06d}.png, grid.png, samples.npz, latents-{first}-{last}.safetensors

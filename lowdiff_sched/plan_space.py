@@ -28,8 +28,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .plan import CascadePlan, StagePlan
-from .protocol import ResolutionCascade
-from .protocol import hand_overs_of
+from .protocol import ResolutionCascade, hand_overs_of
 from .resample import integer_factor
 from .samplers import SAMPLER_NAMES, count_nfe
 from .schedules import karras_sigmas

@@ -12,8 +12,8 @@ from torch import Tensor
 
 from .plan import CascadePlan, StagePlan
 from .protocol import Level, MissingCondition, ResolutionCascade, device_of, hand_overs_of, stage_denoiser
-from .samplers import BROWNIAN_SAMPLERS, accepts_noise_sampler, history_sampler, resolve_sampler, sampler_name
 from .resample import downsample, integer_factor, upsample
+from .samplers import BROWNIAN_SAMPLERS, accepts_noise_sampler, history_sampler, resolve_sampler, sampler_name
 from .transitions import StageOutput
 
 NoiseSampler = Callable[[Tensor, Tensor], Tensor]
@@ -98,8 +98,8 @@ def _run_stages(
         stage_kwargs = dict(stage.denoiser_kwargs)  # the plan's per-stage options win over extra_args
 
         def recorded(x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
-            denoised = model(x, sigma, **{**extra, **stage_kwargs})
-            last[:] = [denoised, sigma]
+            denoised = model(x, sigma, **{**extra, **stage_kwargs})  # noqa: B023  (called within this stage only)
+            last[:] = [denoised, sigma]  # noqa: B023
             return denoised
 
         stage_callback = None
@@ -254,7 +254,7 @@ def sample_cascade(
         for lo in range(0, len(seeds), step):
             chunk = seeds[lo : lo + step]
             gens = [torch.Generator(device).manual_seed(s % 2**32) for s in chunk]
-            draw = lambda shape: torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in gens])  # noqa: E731
+            draw = lambda shape: torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in gens])  # noqa: E731, B023  (used in this iteration)
             starts = [eps * stage.sigmas[0].to(device, dtype) for eps, stage in zip(_stage_noise(plan, shapes, draw), plan.stages)]
             # k-diffusion's churn noise uses the global RNG: fork it so runs repeat and the caller's state is kept.
             forked = [device.index or 0] if device.type == "cuda" else []

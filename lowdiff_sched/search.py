@@ -33,11 +33,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .judges import Judge, Score, class_labels_of, score
+from .labels import seed_label_args
 from .outputs import atomic_path, ensure_writable_dir
 from .plan import CascadePlan, StagePlan
 from .plan_space import Candidate, SearchSpace, candidates
 from .protocol import ResolutionCascade, label_dim_of
-from .labels import seed_label_args
 from .sampling import sample_cascade
 from .schedules import karras_sigmas
 

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor
 
-from .protocol import Level
 from .kernels import upsample_renoise
+from .protocol import Level
 from .resample import UPSAMPLE_MODES, downsample, integer_factor, upsample
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -329,10 +328,10 @@ def ref_stats(
 
         from lowdiff_sched.datasets import dataset as named_dataset
         from lowdiff_sched.datasets import is_named
+        from lowdiff_sched.datasets.images import ImageDataset
         from lowdiff_sched.devices import check_device
         from lowdiff_sched.inception import load_inception, reference_stats, weights_path
         from lowdiff_sched.outputs import check_new_file
-        from lowdiff_sched.datasets.images import ImageDataset
 
         check_new_file(out, "--out")
         weights_path(inception_weights)
@@ -371,12 +370,12 @@ def tune_steps(
     """
     with user_errors():
         from lowdiff_sched import presets
-        from lowdiff_sched.trd import redistribute_timesteps
-        from lowdiff_sched.models import load_model
         from lowdiff_sched.devices import check_device
+        from lowdiff_sched.labels import seed_label_args
+        from lowdiff_sched.models import load_model
         from lowdiff_sched.outputs import atomic_path, check_new_file
         from lowdiff_sched.protocol import label_dim_of
-        from lowdiff_sched.labels import seed_label_args
+        from lowdiff_sched.trd import redistribute_timesteps
 
         check_new_file(out, "--out")
         check_device(device)
@@ -431,14 +430,20 @@ def search(
 
         from lowdiff_sched import presets
         from lowdiff_sched.cost import COST_KINDS, level_costs
-        from lowdiff_sched.models import load_model, model_spec
         from lowdiff_sched.devices import check_device
+        from lowdiff_sched.labels import seed_label_args
+        from lowdiff_sched.models import load_model, model_spec
         from lowdiff_sched.outputs import atomic_path, check_out_dir
         from lowdiff_sched.plan_space import SearchSpace
         from lowdiff_sched.protocol import label_dim_of
-        from lowdiff_sched.labels import seed_label_args
         from lowdiff_sched.search import (
-            check_counts, check_reference, check_search_folder, cheapest, model_fingerprint, parse_target, saved_level_costs,
+            cheapest,
+            check_counts,
+            check_reference,
+            check_search_folder,
+            model_fingerprint,
+            parse_target,
+            saved_level_costs,
             search_plans,
         )
 
@@ -599,7 +604,7 @@ def data_emoji(
             raise UsageError(f"--tarballs {str(tarballs)!r} is a file, not a folder")
         with tempfile.TemporaryDirectory() if tarballs is None else nullcontext(str(tarballs)) as folder:
             summary = build_emoji_dataset(fetch_emoji_packages(Path(folder)), out)
-        for split, info in summary.items():
+        for info in summary.values():
             classes = ", ".join(f"{name} {count}" for name, count in info["per_class"].items())
             typer.echo(f"wrote {info['file']}: {info['images']} images ({classes})")
 

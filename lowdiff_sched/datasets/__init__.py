@@ -25,8 +25,8 @@ def emoji_dir() -> Path:
 
 def emoji_split(split: str) -> torch.utils.data.Dataset:
     """One split of the built emoji dataset (decoded images kept in memory: 7,500 at 12 KiB)."""
-    from .images import ImageDataset
     from .emoji import SPLIT_FILES
+    from .images import ImageDataset
 
     if split not in SPLIT_FILES:
         raise ValueError(f"emoji split must be one of {tuple(SPLIT_FILES)}, got {split!r}")

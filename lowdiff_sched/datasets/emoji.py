@@ -232,5 +232,5 @@ def build_emoji_dataset(
                 for name, data in members:
                     z.writestr(zipfile.ZipInfo(name, date_time=ZIP_TIME), data)  # the same bytes on every build
         summary[split] = {"file": str(out / SPLIT_FILES[split]), "images": len(entries),
-                          "per_class": {c: sum(1 for *_, l in entries if l == i) for i, c in enumerate(CATEGORIES)}}
+                          "per_class": {c: sum(1 for *_, label in entries if label == i) for i, c in enumerate(CATEGORIES)}}
     return summary

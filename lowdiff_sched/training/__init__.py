@@ -7,11 +7,11 @@ seeds, interrupt), and a whole run as data, from the starting network to the Tra
 from __future__ import annotations
 
 from ..checkpoints import latest_checkpoint, load_checkpoint, load_weights
-from .config import TrainConfig
 from ..datasets.images import ImageDataset
 from ..labels import one_hot
-from .losses import EDMLoss, FlowLoss, LevelNoise, VELoss, VPLoss, draw_multires_noise, make_loss, msf_loss, multires_loss
+from .config import TrainConfig
 from .loop import train
+from .losses import EDMLoss, FlowLoss, LevelNoise, VELoss, VPLoss, draw_multires_noise, make_loss, msf_loss, multires_loss
 from .recipe import TrainedRun, TrainRecipe
 
 __all__ = [

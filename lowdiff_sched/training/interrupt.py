@@ -8,7 +8,6 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
-
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 

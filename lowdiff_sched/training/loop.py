@@ -14,14 +14,14 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checkpoints import latest_checkpoint, newest_readable_checkpoint, remove_stale_temporaries, save_checkpoint
+from ..labels import one_hot
 from ..outputs import atomic_path, ensure_writable_dir
+from ..processes import Processes, average_gradients, broadcast_parameters, default_device, join_processes, sum_over_ranks
 from ..protocol import ResolutionCascade
 from ..runs import MODEL_SPEC
 from .batches import StepBatches
-from ..checkpoints import latest_checkpoint, newest_readable_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig, resume_conflicts
-from ..labels import one_hot
-from ..processes import Processes, average_gradients, broadcast_parameters, default_device, join_processes, sum_over_ranks
 from .ema import ema_beta, ema_halflife, update_ema
 from .interrupt import DeferredInterrupt
 from .losses import distill_loss, draw_multires_noise, make_loss, multires_loss, trained_level_ids

@@ -264,10 +264,10 @@ class TrainRecipe:
         and re-raises KeyboardInterrupt. A folder without a checkpoint holds no run: a run
         that fails before its first checkpoint takes its model.json (and the folders it
         made, if empty) away again, so the corrected command starts afresh there."""
+        from ..checkpoints import latest_checkpoint
         from ..outputs import atomic_path, ensure_writable_dir
         from ..runs import MODEL_SPEC, same_model, spec_of
         from .loop import train
-        from ..checkpoints import latest_checkpoint
         from .tensorboard_log import summary_writer_class
 
         self.check()

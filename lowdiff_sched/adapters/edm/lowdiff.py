@@ -15,16 +15,15 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
-
 from torch.nn.functional import silu
 
 from ...kernels import upsample_concat
 from ...protocol import Level, check_condition, check_level_input, level_index, level_one_hot
 from ...resample import UPSAMPLE_MODES
 from .c2f import C2FUNet
-from .stack import LevelStack
 from .inputs import EDMNetCascade, check_retrofit, label_rows
 from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution, build_checked
+from .stack import LevelStack
 
 
 class LowDiffUNet(EDMNetCascade):
