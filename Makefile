@@ -30,7 +30,10 @@ demo: $(VENV)/.installed
 	$(BIN)/lowdiff-sched sample --model mnist-base --plan mnist-base-dpmpp2m-5 --class-labels 0-9 \
 		--seeds 0-99 --batch 100 --out $(OUT)/baseline --overwrite
 
+# The linter and the type checker first (config in pyproject.toml), then the suite.
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check lowdiff_sched
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 clean:

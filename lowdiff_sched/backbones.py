@@ -11,7 +11,7 @@ docs/backbones.md shows a whole one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence, cast
 
 from torch import nn
 
@@ -70,7 +70,7 @@ class Backbone:
 
     def network(self, model: nn.Module) -> nn.Module:
         """The wrapped network of one of its cascades: what a retrofit adds parameters to."""
-        return model.net
+        return cast(nn.Module, model.net)
 
     def summary(self, model: nn.Module) -> str:
         """The network as `lowdiff-sched info` names it."""
@@ -100,6 +100,10 @@ class Backbone:
         """The name of its training loss (`training.losses.make_loss`)."""
         raise self._unsupported("train")
 
+    def loss_kwargs(self, cascade: nn.Module) -> dict[str, Any]:
+        """That loss's settings for this network (a DDPM schedule's betas), unless a run sets its own."""
+        return {}
+
     def dataset(self, data: str, cascade: nn.Module, latent_stats: str | None = None) -> Any:
         """The training data `data` names, as a torch Dataset of (x, labels) items."""
         raise self._unsupported("train")
@@ -112,6 +116,11 @@ class Backbone:
     def models(self) -> Iterable[Any]:
         """Its named models, as `models.ModelSpec`s."""
         return ()
+
+    def model_named(self, name: str) -> Any:
+        """A `models.ModelSpec` for a name it recognises that is not in the table (e.g. a
+        "diffusers:DIR" folder), else None."""
+        return None
 
     def inspect(self, path: Path, levels: Sequence[int] | None) -> nn.Module:
         raise self._unsupported("read raw checkpoint files")
@@ -164,7 +173,7 @@ def backbone(name: str) -> Backbone:
     return table[name]
 
 
-def backbone_of(model: nn.Module) -> Backbone | None:
+def backbone_of(model: object) -> Backbone | None:
     """The backbone whose format writes `model`'s class, if any."""
     return next((b for b in backbones().values() if type(model) in b.classes), None)
 

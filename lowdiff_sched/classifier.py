@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -78,10 +78,13 @@ def _shift(images: Tensor, generator: torch.Generator, max_shift: int = 2, fill:
     return torch.stack([padded[i, :, dy[i]:dy[i] + size, dx[i]:dx[i] + size] for i in range(b)])
 
 
+_M = TypeVar("_M", bound=nn.Module)
+
+
 def fit_classifier(
-    make: Callable[[], nn.Module], images: Tensor, labels: Tensor, *, epochs: int, batch: int = 128, lr: float = 2e-3,
+    make: Callable[[], _M], images: Tensor, labels: Tensor, *, epochs: int, batch: int = 128, lr: float = 2e-3,
     seed: int = 0, max_shift: int = 2, fill: float = -1.0, flip: bool = False, balance: bool = False,
-) -> tuple[nn.Module, float]:
+) -> tuple[_M, float]:
     """Train `make()` (built under `seed`) with Adam and a one-cycle schedule on random
     translations (and, with `flip`, random mirror images); with `balance` each class weighs
     the same in the loss however many images it has. Returns the model in eval mode and the
@@ -121,7 +124,7 @@ def train_classifier(epochs: int = 20, batch: int = 128, lr: float = 2e-3, seed:
     images, labels = load_mnist("train")
     model, seconds = fit_classifier(DigitClassifier, images, labels, epochs=epochs, batch=batch, lr=lr, seed=seed)
     report = {"heldout_accuracy": heldout_accuracy(model), "seconds": seconds, "epochs": epochs}
-    return model, report  # type: ignore[return-value]
+    return model, report
 
 
 @torch.no_grad()

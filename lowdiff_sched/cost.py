@@ -21,7 +21,8 @@ def _call(cascade: ResolutionCascade, level: int, batch: int, device: torch.devi
     x = torch.randn(batch, *lv.shape, device=device)
     cond = torch.randn_like(x) if is_conditioned(cascade, level) else None
     sigma = torch.ones(batch, device=device)
-    return lambda: cascade.denoise(x, sigma, level=level, cond=cond, cond_sigma=None if cond is None else 0.5, **(extra_args or {}))
+    cond_sigma = None if cond is None else torch.full((batch,), 0.5, device=device)  # shape [B], as the protocol says
+    return lambda: cascade.denoise(x, sigma, level=level, cond=cond, cond_sigma=cond_sigma, **(extra_args or {}))
 
 
 def flops_per_call(cascade: ResolutionCascade, level: int, batch: int = 1, device: torch.device | str = "cpu") -> int:

@@ -136,10 +136,10 @@ def evaluate(
     gathered = gather_objects((parts, seconds), procs)
     if not procs.is_main:
         return None
-    ordered = sorted((p for part, _ in gathered for p in part), key=lambda p: p[0])  # type: ignore[attr-defined]
+    ordered = sorted((p for part, _ in gathered for p in part), key=lambda p: p[0])
     features = torch.cat([f for _, f in ordered])
     metrics = judge.metrics(features, torch.as_tensor(labels) if labels is not None else None)
-    total_seconds = sum(s for _, s in gathered)  # type: ignore[misc]
+    total_seconds = sum(s for _, s in gathered)
     return Evaluation(
         model=model_name,
         plan=plan.name or "",

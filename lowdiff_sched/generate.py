@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -80,9 +80,9 @@ def finish_pixels(out_dir: Path, mine: list[tuple[Batch, Tensor]], procs: Proces
     parts = gather_objects([(b.index, b.seeds, b.labels, x) for b, x in mine], procs)
     if not procs.is_main:
         return None
-    rows = sorted((r for part in parts for r in part), key=lambda r: r[0])  # type: ignore[attr-defined]
+    rows = sorted((r for part in parts for r in part), key=lambda r: r[0])
     seeds = [s for r in rows for s in r[1]]
-    labels = None if rows[0][2] is None else [c for r in rows for c in r[2]]
+    labels = None if rows[0][2] is None else [c for r in rows for c in cast("list[int]", r[2])]  # all labelled, or none
     samples = torch.cat([r[3] for r in rows])
     return save_samples(out_dir, samples, seeds, value_range, labels=labels, ncol=ncol)
 
@@ -100,7 +100,7 @@ def finish_grid(out_dir: Path, mine: list[tuple[int, list[int], np.ndarray]], pr
     parts = gather_objects(mine, procs)
     if not procs.is_main:
         return None
-    rows = sorted((r for part in parts for r in part), key=lambda r: r[0])  # type: ignore[attr-defined]
+    rows = sorted((r for part in parts for r in part), key=lambda r: r[0])
     pixels = np.concatenate([r[2] for r in rows])[:GRID_MAX]
     if not len(pixels):
         return None
@@ -115,7 +115,7 @@ def latent_decoding(cascade: ResolutionCascade, latent_stats: str | Path | None,
     `decoding`: for a DiT, the latent statistics and the VA-VAE), loaded before any sampling."""
     from .backbones import backbone_of
 
-    backbone = backbone_of(cascade)  # type: ignore[arg-type]
+    backbone = backbone_of(cascade)
     if backbone is None or not backbone.latent:
         raise ValueError(f"{type(cascade).__name__} is not a latent model of a registered backbone: it has no decoder")
     return backbone.decoding(cascade.levels[-1].channels, None if latent_stats is None else Path(latent_stats),
@@ -131,7 +131,7 @@ class SampleJob:
         self.cascade, self.plan, self.out, self.device, self.procs, self.extra = cascade, plan, out, device, procs, extra
         self.progress = progress
 
-    def _batches(self, seeds: list[int], labels: list[int] | None, batch: int):  # type: ignore[no-untyped-def]
+    def _batches(self, seeds: list[int], labels: list[int] | None, batch: int):
         from tqdm.auto import tqdm
 
         mine = deal_batches(seeds, labels, batch, self.procs)

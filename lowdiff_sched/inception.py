@@ -141,7 +141,7 @@ class ReferenceStats:
             if raw.shape != (2,) or not (raw > 0).all() or not np.equal(np.mod(raw, 1), 0).all():
                 raise ValueError(f"{where}: size must be (H, W), two positive ints, got {raw.tolist()!r}")
             size = (int(raw[0]), int(raw[1]))
-        return cls(mu, sigma, features, size)  # type: ignore[arg-type]
+        return cls(mu, sigma, features, size)
 
 
 def to_inception_input(images: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
@@ -194,7 +194,7 @@ class InceptionJudge:
             raise ValueError(f"--ref: the reference statistics are of {h}x{w} images; the model makes {size[0]}x{size[1]}")
 
     def features(self, samples: Tensor) -> Tensor:
-        self.check_size(tuple(samples.shape[-2:]))
+        self.check_size((samples.shape[-2], samples.shape[-1]))
         return inception_features(self.net, samples, self.value_range)
 
     def metrics(self, features: Tensor, labels: Tensor | None = None) -> dict[str, float]:
@@ -236,4 +236,4 @@ def reference_stats(net: nn.Module, images: Any, *, keep_features: bool = False,
     pool = torch.cat(feats)
     mu, sigma = gaussian_stats(pool)
     kept = pool.float().numpy() if keep_features else None
-    return ReferenceStats(mu.numpy(), sigma.numpy(), kept, size)  # type: ignore[arg-type]
+    return ReferenceStats(mu.numpy(), sigma.numpy(), kept, size)

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
 
 import torch
 from torch import Tensor
 
 from .laplacian_swd import SWDReference, patch_descriptors
 from .metrics import frechet_distance, gaussian_stats, kernel_distance, kernel_within
+
+if TYPE_CHECKING:
+    from .classifier import DigitClassifier, EmojiClassifier
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,10 @@ class DigitJudge:
     primary = "fd"
     lower_is_better = {"fd": True, "accuracy": False}
 
-    def __init__(self, classifier=None, reference: tuple[Tensor, Tensor] | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, classifier: DigitClassifier | None = None, reference: tuple[Tensor, Tensor] | None = None) -> None:
         from .classifier import load_classifier
 
-        self.classifier = classifier if classifier is not None else load_classifier()
+        self.classifier = classifier if classifier is not None else cast("DigitClassifier", load_classifier())
         self.reference = reference if reference is not None else self._train_stats()
 
     @torch.no_grad()
@@ -177,7 +180,7 @@ class EmojiReference:
 
     @classmethod
     @torch.no_grad()
-    def of(cls, classifier, images: Tensor, kid_count: int = 1000, seed: int = 0) -> "EmojiReference":  # type: ignore[no-untyped-def]
+    def of(cls, classifier: EmojiClassifier, images: Tensor, kid_count: int = 1000, seed: int = 0) -> "EmojiReference":
         features = torch.cat([classifier.features(chunk) for chunk in images.split(500)])
         mu, sigma = gaussian_stats(features)
         kid_rows = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:kid_count]
@@ -216,11 +219,14 @@ class EmojiJudge:
     primary = "fd"
     lower_is_better = {"fd": True, "kid": True, "swd": True, **{band: True for band in SWD_BANDS}, "accuracy": False}
 
-    def __init__(self, classifier=None, reference: EmojiReference | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, classifier: EmojiClassifier | None = None, reference: EmojiReference | None = None) -> None:
         from .classifier import EMOJI_CLASSIFIER_FILE, EmojiClassifier, load_classifier
         from .weights import weight_path
 
-        self.classifier = classifier if classifier is not None else load_classifier(weight_path(EMOJI_CLASSIFIER_FILE), EmojiClassifier())
+        self.classifier = (
+            classifier if classifier is not None
+            else cast(EmojiClassifier, load_classifier(weight_path(EMOJI_CLASSIFIER_FILE), EmojiClassifier()))
+        )
         self.reference = reference if reference is not None else EmojiReference.load()
         self._kid_within = kernel_within(self.reference.kid_features)
 
@@ -265,7 +271,7 @@ class OracleJudge:
     primary = "fd"
     lower_is_better = {"fd": True}
 
-    def __init__(self, oracle) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, oracle: Any) -> None:  # a GaussianFieldCascade, from a layer above this one
         self.mean = oracle.mean_vector(-1)
         self.root = oracle.spectrum(-1).sqrt()  # [C, H, W]: S^1/2 per DFT coefficient
 

@@ -40,3 +40,20 @@ def class_label_args(labels: Sequence[int], label_dim: int, device: str | torch.
 def seed_label_args(seeds: Sequence[int], label_dim: int, device: str | torch.device = "cpu") -> dict[str, Tensor] | None:
     """`extra_args` giving each seed its class (`seed_labels`); None for an unconditional model."""
     return class_label_args(seed_labels(seeds, label_dim), label_dim, device) if label_dim else None
+
+
+def class_ids(class_labels: Tensor | None, batch: int, num_classes: int, device: torch.device) -> Tensor:
+    """Class ids [B] from ids or one-hot rows [B, num_classes] (as `labels.class_label_args`
+    makes them); None means the null class (unconditional)."""
+    if class_labels is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    labels = torch.as_tensor(class_labels, device=device)
+    if labels.ndim == 2:
+        if labels.shape[1] != num_classes or not ((labels == 0) | (labels == 1)).all() or not (labels.sum(1) == 1).all():
+            raise ValueError(f"class_labels given as rows must be one-hot [B, {num_classes}], got shape {tuple(labels.shape)}")
+        labels = labels.argmax(1)
+    if labels.ndim != 1 or labels.shape[0] != batch or labels.is_floating_point():
+        raise ValueError(f"class_labels must be int class ids [{batch}] or one-hot rows, got {tuple(labels.shape)} {labels.dtype}")
+    if ((labels < 0) | (labels > num_classes)).any():
+        raise ValueError(f"class ids must lie in [0, {num_classes}] ({num_classes} is the null class), got {labels.tolist()}")
+    return labels.long()

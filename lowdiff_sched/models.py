@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 
@@ -86,12 +86,21 @@ def model_names() -> list[str]:
     return list(_registry())
 
 
-def model_spec(name: str) -> ModelSpec:
-    """A registered model, a model written by `lowdiff-sched export` (its .json, its
-    .safetensors or their common stem), or a training run folder / checkpoint written by
-    `lowdiff-sched train`."""
+def named_spec(name: str) -> ModelSpec | None:
+    """The model a name stands for: a registered one, or one a backbone recognises (e.g.
+    "diffusers:DIR"); None for anything else (a file or a run)."""
     if name in _registry():
         return _MODELS[name]
+    return next((spec for b in backbones().values() if (spec := b.model_named(name)) is not None), None)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """A registered model or one a backbone recognises (`named_spec`), a model written by
+    `lowdiff-sched export` (its .json, its .safetensors or their common stem), or a training
+    run folder / checkpoint written by `lowdiff-sched train`."""
+    named = named_spec(name)
+    if named is not None:
+        return named
     exported = exported_stem(Path(name))
     if exported is not None:
         return ModelSpec(name, f"exported model {exported}", _exported_model(exported), latent=_is_latent_spec_file(exported.with_suffix(".json")))
@@ -116,7 +125,7 @@ def _exported_model(stem: Path) -> Callable[..., ResolutionCascade]:
 
         if options:
             raise ValueError(f"{stem} is an exported model: it takes no {', '.join(sorted(options))} (its weights are its own)")
-        return load_exported(Path(f"{stem}.json")).to(device)
+        return cast(ResolutionCascade, load_exported(Path(f"{stem}.json")).to(device))
 
     return build
 
@@ -153,7 +162,7 @@ def _trained_run(path: str) -> Callable[..., ResolutionCascade]:
 
         if options:
             raise ValueError(f"{path} is a training run: it takes no {', '.join(sorted(options))} (its weights are its own)")
-        return load_run(path).to(device)
+        return cast(ResolutionCascade, load_run(path).to(device))
 
     return build
 
@@ -185,6 +194,6 @@ def shipped(name: str) -> Callable[..., ResolutionCascade]:
 
         if options:
             raise ValueError(f"{name} ships with its weights: it takes no {', '.join(sorted(options))}")
-        return load_exported(weight_path(f"{name}.safetensors")).to(device)
+        return cast(ResolutionCascade, load_exported(weight_path(f"{name}.safetensors")).to(device))
 
     return build

@@ -33,7 +33,7 @@ def check_sizes(sizes: Sequence[Sequence[int]]) -> list[Size]:
         pair = (int(s), int(s)) if isinstance(s, int) else tuple(int(v) for v in s)
         if len(pair) != 2 or min(pair) <= 0:
             raise ValueError(f"scale sizes must be positive ints or (H, W) pairs, got {s!r}")
-        out.append(pair)  # type: ignore[arg-type]
+        out.append(pair)
     if len(out) < 2:
         raise ValueError(f"MSF needs at least two scales, got {len(out)}")
     for a, b in zip(out, out[1:]):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import torch
 from torch import Tensor
@@ -282,7 +282,7 @@ class CascadePlan:
         indices = self.level_indices(len(levels)) if levels is not None else None
         for i, s in enumerate(self.stages):
             size = "-" if indices is None else "x".join(map(str, levels[indices[i]].size))  # type: ignore[index]
-            sampler = sampler_name(s.sampler) or getattr(s.sampler, "__name__", "custom")
+            sampler = sampler_name(s.sampler) or cast(str, getattr(s.sampler, "__name__", "custom"))
             trans = "-" if s.transition is None else s.transition.kind
             if s.transition is not None and getattr(s.transition, "mode", None):
                 trans += f"({s.transition.mode})"  # type: ignore[attr-defined]

@@ -98,7 +98,8 @@ class SearchSpace:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown SearchSpace fields {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def cascades(space: SearchSpace, cascade: ResolutionCascade) -> Iterator[Candida
     levels = list(cascade.levels)
     top = len(levels) - 1
     kinds = [t for t in space.transitions if t in hand_overs_of(cascade)]
-    chains = [(low,) for low in range(top)]
+    chains: list[tuple[int, ...]] = [(low,) for low in range(top)]
     if space.stages == 3:
         chains += [(low, mid) for low in range(top) for mid in range(low + 1, top)]
     for chain in chains:
@@ -199,7 +200,7 @@ def _split(kind: str, sigmas: torch.Tensor, splits: Sequence[int], factors: Sequ
         if kind in ("continue", "renoise"):
             hand_over = Continue if kind == "continue" else Renoise
             cuts = [0, *splits, len(sigmas) - 1]
-            yield [StagePlan(level, sigmas[a:b + 1] / f, sampler, kwargs, **({"transition": hand_over()} if i else {}))
+            yield [StagePlan(level, sigmas[a:b + 1] / f, sampler, kwargs, transition=hand_over() if i else None)
                    for i, (level, f, a, b) in enumerate(zip((*chain, top), (*factors, 1), cuts, cuts[1:]))]
         else:
             (k,) = splits

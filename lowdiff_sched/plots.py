@@ -56,7 +56,8 @@ def plot_fronts(
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     for color, (label, (points, front)) in enumerate(families.items()):
         if points:
-            ax.scatter(*zip(*points), s=10, alpha=0.35, color=f"C{color}")
+            xs, ys = zip(*points)
+            ax.scatter(xs, ys, s=10, alpha=0.35, color=f"C{color}")
         if front:
             ax.plot([c for _, c, _ in front], [v for _, _, v in front], marker="o", ms=4, color=f"C{color}", label=f"{label} front")
             for i, (name, cost, value) in enumerate(front):  # labels alternate above and below the line

@@ -10,6 +10,7 @@ counts do not exist. docs/presets.md lists both.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -76,6 +77,11 @@ def _lowdiff(stages: list[StagePlan], name: str) -> CascadePlan:
     return CascadePlan([stages[0], *(replace(s, transition=Condition()) for s in stages[1:])], name=name)
 
 
+def _edm_baseline(nfe: int) -> CascadePlan:
+    """EDM's Heun sampler on the top level with `nfe` evaluations (mnist-base-NFE)."""
+    return CascadePlan([_heun_full(nfe, EDM_RANGE, -1)], name=f"mnist-base-{nfe}")
+
+
 _PRESETS = [
     Preset(
         "cifar10-3stage", "LowDiff CIFAR-10 32x32, levels 8/16/32, EDM Heun", (18, 13, 17),
@@ -126,7 +132,7 @@ _PRESETS = [
     *(
         Preset(
             f"mnist-base-{nfe}", f"EDM baseline on the shipped MNIST models at 32x32: {(nfe + 1) // 2} Heun steps, {nfe} NFE", (nfe,),
-            lambda nfe=nfe: CascadePlan([_heun_full(nfe, EDM_RANGE, -1)], name=f"mnist-base-{nfe}"),
+            partial(_edm_baseline, nfe),
         )
         for nfe in (35, 19, 11)
     ),

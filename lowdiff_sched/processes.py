@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -109,10 +110,13 @@ def sum_over_ranks(values: torch.Tensor, procs: Processes) -> torch.Tensor:
     return values
 
 
-def gather_objects(obj: object, procs: Processes) -> list[object]:
+_T = TypeVar("_T")
+
+
+def gather_objects(obj: _T, procs: Processes) -> list[_T]:
     """Every rank's `obj`, in rank order, on every rank (a list of one in a one-process job)."""
     if not procs.active:
         return [obj]
-    out: list[object] = [None] * procs.world
+    out: list[Any] = [None] * procs.world
     dist.all_gather_object(out, obj)
     return out

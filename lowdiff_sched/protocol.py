@@ -5,7 +5,7 @@ members) and `CascadeDefaults` (its optional ones, with their defaults and acces
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, cast, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -73,7 +73,8 @@ class ResolutionCascade(Protocol):
     reads them through its accessors (`label_dim_of` ...), so a cascade without them works.
     """
 
-    levels: Sequence[Level]
+    @property
+    def levels(self) -> Sequence[Level]: ...
 
     def denoise(
         self,
@@ -144,7 +145,7 @@ def is_conditioned(cascade: ResolutionCascade, level: int) -> bool:
     return level_index(level, len(cascade.levels)) > 0 and conditions_on_lower_level_of(cascade)
 
 
-def _implied_hand_overs(cascade: ResolutionCascade) -> tuple[str, ...]:
+def _implied_hand_overs(cascade: Any) -> tuple[str, ...]:
     return ("condition",) if conditions_on_lower_level_of(cascade) else ("continue", "renoise")
 
 
@@ -208,10 +209,11 @@ def stage_denoiser(
     level = level_index(level, len(cascade.levels))
     if cond is not None and cond_sigma is not None and not isinstance(cond_sigma, Tensor):
         cond_sigma = torch.full((cond.shape[0],), float(cond_sigma), device=cond.device, dtype=cond.dtype)
+    bound_sigma = cast("Tensor | None", cond_sigma)  # passed on as given when there is no cond
     denoise = cascade.denoise
 
     def model(x: Tensor, sigma: Tensor, **extra_args: Any) -> Tensor:
-        return denoise(x, sigma, level=level, cond=cond, cond_sigma=cond_sigma, **extra_args)
+        return denoise(x, sigma, level=level, cond=cond, cond_sigma=bound_sigma, **extra_args)
 
     return model
 

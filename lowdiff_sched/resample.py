@@ -27,10 +27,10 @@ def check_image(name: str, x: Tensor) -> None:
 
 
 def _check_size(size: tuple[int, int] | list[int]) -> tuple[int, int]:
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"size must be two positive ints (H, W), got {size!r}")
-    return size  # type: ignore[return-value]
+    checked = tuple(int(s) for s in size)
+    if len(checked) != 2 or min(checked) <= 0:
+        raise ValueError(f"size must be two positive ints (H, W), got {checked!r}")
+    return checked
 
 
 def integer_factor(low: tuple[int, int], high: tuple[int, int]) -> int:
@@ -112,7 +112,7 @@ def upsample_concat(
     """
     check_concat_inputs(x, cond, mode, out)
     work = x.float() if x.dtype in HALF else x  # fp16/bf16: computed in float32, rounded once
-    up = upsample(cond.to(work.dtype), tuple(x.shape[-2:]), mode)
+    up = upsample(cond.to(work.dtype), (x.shape[-2], x.shape[-1]), mode)
     parts = [work * per_sample(x_scale, x, "x_scale"), up * per_sample(cond_scale, x, "cond_scale")]
     if out is None:
         return torch.cat(parts, dim=1).to(x.dtype)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from .backbones import Backbone, SpecParts, backbone_of, backbones
 from .errors import first_line
+
+if TYPE_CHECKING:
+    from .protocol import ResolutionCascade
 
 MODEL_SPEC = "model.json"
 
@@ -46,9 +49,9 @@ def read_spec(spec: Any) -> tuple[Backbone, SpecParts]:
     if not isinstance(spec, dict):
         raise ValueError(f"a model spec must be a JSON object, got {type(spec).__name__}")
     if spec.get("format") != SPEC_FORMAT:
-        for backbone in table.values():
-            if backbone.legacy_format and spec.get("format") == backbone.legacy_format and spec.get("version") == 1:
-                return backbone, backbone.upgrade(spec)
+        for legacy in table.values():
+            if legacy.legacy_format and spec.get("format") == legacy.legacy_format and spec.get("version") == 1:
+                return legacy, legacy.upgrade(spec)
         raise ValueError(f"not a lowdiff-sched model spec (format {spec.get('format')!r:.80}, version {spec.get('version')!r:.20})")
     if spec.get("version") != SPEC_VERSION:
         raise ValueError(f"model spec version {spec.get('version')!r:.20} is not {SPEC_VERSION}, the one this library reads")
@@ -71,7 +74,7 @@ def read_spec(spec: Any) -> tuple[Backbone, SpecParts]:
     return backbone, SpecParts(spec["network"], levels, method, options)
 
 
-def model_summary(model: nn.Module) -> list[str]:
+def model_summary(model: ResolutionCascade) -> list[str]:
     """What `lowdiff-sched info` prints: the backbone network and its size, the levels, and
     what the retrofit adds (parameters outside the backbone's network) for the method the spec names."""
     from .protocol import label_dim_of
@@ -83,10 +86,11 @@ def model_summary(model: nn.Module) -> list[str]:
     lines = [f"levels     {sizes}{unit}" + (f", {classes} classes" if classes else "")]
     if backbone is None:
         return lines
-    method = backbone.describe(model).method
-    base = sum(p.numel() for p in backbone.network(model).parameters())
-    added = sum(p.numel() for p in model.parameters()) - base
-    lines.insert(0, f"backbone   {backbone.summary(model)}, {base:,} parameters")
+    module = cast(nn.Module, model)  # of one of the backbone's classes, all modules
+    method = backbone.describe(module).method
+    base = sum(p.numel() for p in backbone.network(module).parameters())
+    added = sum(p.numel() for p in module.parameters()) - base
+    lines.insert(0, f"backbone   {backbone.summary(module)}, {base:,} parameters")
     if method == "none":
         lines.append("retrofit   none: the network itself, one level")
     else:

@@ -131,7 +131,7 @@ def sample_dpmpp_2m(
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         t, t_next = sigmas[i].log().neg(), sigmas[i + 1].log().neg()  # t = -log sigma
         h = t_next - t
-        if old_denoised is None or sigmas[i + 1] == 0:
+        if old_sigma is None or old_denoised is None or sigmas[i + 1] == 0:
             x = (t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * denoised
         else:
             r = (t - old_sigma.log().neg()) / h  # h_last / h

@@ -53,8 +53,8 @@ def _noise_factory(generators: Sequence[torch.Generator] | torch.Generator | Non
             # a hair wider than the schedule: sigma round trips through log/exp land just outside it
             lo, hi = sigmas[sigmas > 0].min().item() * (1 - 1e-4), sigmas.max().item() * (1 + 1e-4)
             return BrownianTreeNoiseSampler(x, lo, hi, seed=seed)
-        if per_sample:
-            return _PerSampleNoise(generators, x)  # type: ignore[arg-type]
+        if not isinstance(generators, torch.Generator):  # per sample
+            return _PerSampleNoise(generators, x)
         gen = generators
         return lambda sigma, sigma_next: torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
 
@@ -133,7 +133,7 @@ def _on_schedule(sigma: Tensor, sigmas: Tensor) -> float:
 
 
 def _stage_noise(
-    plan: CascadePlan, shapes: list[tuple[int, ...]], draw: Callable[[tuple[int, ...]], Tensor], final: Tensor | None = None
+    plan: CascadePlan, shapes: Sequence[tuple[int, int, int]], draw: Callable[[tuple[int, ...]], Tensor], final: Tensor | None = None
 ) -> list[Tensor]:
     """Each stage's unit noise: drawn with `draw` in stage order (the last stage's is `final`
     when given), except where the next stage's transition couples the noise (`Continue`):
@@ -148,7 +148,7 @@ def _stage_noise(
     for k in reversed(range(len(noise))):
         if coupled[k]:
             finer = noise[k + 1]
-            factor = integer_factor(shapes[k][1:], tuple(finer.shape[-2:]))  # type: ignore[union-attr]
+            factor = integer_factor(shapes[k][1:], (finer.shape[-2], finer.shape[-1]))  # type: ignore[union-attr]
             noise[k] = downsample(finer, shapes[k][1:]) * factor  # type: ignore[arg-type]
     return noise  # type: ignore[return-value]
 
@@ -174,7 +174,7 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
-def _check_noise(noise: Sequence[Tensor] | Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor]:
+def _check_noise(noise: Sequence[Tensor] | Tensor, shapes: Sequence[tuple[int, ...]]) -> list[Tensor]:
     if isinstance(noise, Tensor):
         noise = [noise]
     noise = list(noise)
@@ -264,7 +264,7 @@ def sample_cascade(
         outputs = [
             StageOutput(
                 o[0].level, torch.cat([c.x for c in o]), torch.cat([c.denoised for c in o]), o[0].sigma,
-                None if o[0].total is None else torch.cat([c.total for c in o]),  # type: ignore[misc]
+                None if o[0].total is None else torch.cat([c.total for c in o]),
                 o[0].denoised_sigma,
             )
             for o in zip(*chunks)

@@ -1,4 +1,5 @@
-"""Sigma schedules: construction, truncation, resolution shift, flow-matching time <-> sigma.
+"""Sigma schedules: construction, truncation, resolution shift, flow-matching time <-> sigma,
+and the discrete VP (DDPM) training sigmas.
 
 Schedules are 1-D tensors of noise levels in k-diffusion's (VE) convention, strictly
 decreasing; a schedule ending at 0 runs to the clean sample, one ending above 0 is
@@ -8,6 +9,7 @@ truncated and stops at its last sigma.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -154,3 +156,36 @@ def flow_sigmas(n_steps: int, shift: float = 1.0, sigma_max: float = FLOW_SIGMA_
         raise ValueError(f"sigma_max={sigma_max} must exceed the schedule's second point {sigmas[1].item()}")
     sigmas[0] = sigma_max
     return sigmas
+
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def discrete_vp_sigmas(beta_schedule: str = "linear", beta_start: float = 0.0001, beta_end: float = 0.02,
+                       num_train_timesteps: int = 1000, trained_betas: Sequence[float] | None = None) -> Tensor:
+    """sigma_i = sqrt((1 - alpha_bar_i) / alpha_bar_i), alpha_bar_i = prod_{j <= i} (1 - beta_j), of
+    each training timestep i of a discrete VP (DDPM) schedule, increasing; float32, as diffusers
+    computes them. Betas: `trained_betas`, else linear in beta ("Denoising Diffusion Probabilistic
+    Models", Sec. 4), linear in sqrt(beta) (scaled_linear, Stable Diffusion's) or the cosine
+    schedule ("Improved Denoising Diffusion Probabilistic Models", Eq. 17, capped at 0.999)."""
+    steps = int(num_train_timesteps)
+    if steps < 2:
+        raise ValueError(f"num_train_timesteps must be at least 2, got {num_train_timesteps!r}")
+    if trained_betas is not None:
+        betas = torch.tensor(list(trained_betas), dtype=torch.float32)
+    elif beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float32)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float32) ** 2
+    elif beta_schedule == "squaredcos_cap_v2":
+        def alpha_bar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor([min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999) for i in range(steps)],
+                             dtype=torch.float32)
+    else:
+        raise ValueError(f"beta_schedule {beta_schedule!r} is not supported ({', '.join(BETA_SCHEDULES)} or trained_betas)")
+    if not ((betas > 0) & (betas < 1)).all():
+        raise ValueError("betas must lie in (0, 1)")
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5

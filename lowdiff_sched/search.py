@@ -28,7 +28,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 
@@ -123,7 +123,7 @@ def cheapest(results: Sequence[PlanResult], target: Sequence[tuple[str, str, flo
     """The cheapest result meeting every (metric, op, value) of `target` (None if none does);
     among equally cheap ones, the best on the target's first metric."""
     def ok(r: PlanResult) -> bool:
-        return all(r.metric(m) is not None and _OPS[op](r.metric(m), v) for m, op, v in target)
+        return all((value := r.metric(m)) is not None and _OPS[op](value, v) for m, op, v in target)
 
     name, op, _ = target[0]
     sign = 1.0 if op in ("<=", "<") else -1.0
@@ -189,7 +189,7 @@ class SearchResult:
         for label, front in self.family_fronts().items():
             members = [r for r in self.results if (r.family in SINGLE_FAMILIES) == (label == "single resolution")]
             points = [(r.cost, value) for r in members if (value := r.metric(self.primary)) is not None]
-            families[label] = (points, [(r.name, r.cost, r.metric(self.primary)) for r in front])
+            families[label] = (points, [(r.name, r.cost, value) for r in front if (value := r.metric(self.primary)) is not None])
         plot_fronts(families, path, metric=self.primary, cost_unit=self.cost_unit, lower_is_better=self.lower_is_better,
                     title=title)
 
@@ -260,9 +260,9 @@ def model_fingerprint(cascade: ResolutionCascade) -> str:
 def check_search_folder(out_dir: str | Path, model: str, fingerprint: str) -> None:
     """A search folder that holds a search of another model (other weights) is refused, before
     anything of it (its level costs, its measurements) is used."""
-    for name in (SETTINGS_FILE, CANDIDATES_FILE):
-        if (Path(out_dir) / name).exists() and not (Path(out_dir) / name).is_file():
-            raise ValueError(f"{Path(out_dir) / name} is not a file, so {out_dir} holds no search; use another output folder")
+    for filename in (SETTINGS_FILE, CANDIDATES_FILE):
+        if (Path(out_dir) / filename).exists() and not (Path(out_dir) / filename).is_file():
+            raise ValueError(f"{Path(out_dir) / filename} is not a file, so {out_dir} holds no search; use another output folder")
     path = Path(out_dir) / SETTINGS_FILE
     if not path.is_file():
         return
@@ -384,8 +384,8 @@ def search_plans(
     def run(plan: CascadePlan, seeds: list[int]) -> torch.Tensor:
         extra = seed_label_args(seeds, label_dim, device or "cpu")
         with torch.no_grad():
-            return sample_cascade(cascade, plan, seeds=seeds, batch_size=batch_size, extra_args=extra, disable=True,
-                                  device=device).double().cpu()
+            samples = sample_cascade(cascade, plan, seeds=seeds, batch_size=batch_size, extra_args=extra, disable=True, device=device)
+            return cast(torch.Tensor, samples).double().cpu()
 
     calib = list(range(seed, seed + n_calib))
     targets: list[torch.Tensor] = []  # the reference's calibration samples, made when first needed

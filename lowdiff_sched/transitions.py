@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 from torch import Tensor
 
 from .kernels import upsample_renoise
 from .protocol import Level
 from .resample import UPSAMPLE_MODES, downsample, integer_factor, upsample
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class StageOutput(NamedTuple):
@@ -96,7 +99,7 @@ def transition_from_dict(data: Any, stage: int | None = None) -> Transition:
     kind = given.pop("type")
     if not isinstance(kind, str) or kind not in _REGISTRY:
         raise ValueError(f"{where}unknown transition type {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
-    known = [f.name for f in fields(_REGISTRY[kind])]
+    known = [f.name for f in fields(cast("type[DataclassInstance]", _REGISTRY[kind]))]  # every kind is a dataclass
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise ValueError(f"{where}transition {kind!r} has no field(s) {unknown}; its fields: {', '.join(known) or 'none'}")
@@ -161,7 +164,7 @@ class Continue(Transition):
             raise ValueError(f"Continue.history must be true or false, got {self.history!r}")
 
     def start(self, prev: StageOutput, x_noise: Tensor, sigma_start: float, level: Level) -> StageStart:
-        factor = integer_factor(tuple(prev.x.shape[-2:]), level.size)
+        factor = integer_factor((prev.x.shape[-2], prev.x.shape[-1]), level.size)
         x = upsample_renoise(prev.x, x_noise / sigma_start, prev.sigma, factor)
         history = None
         if self.history and prev.denoised_sigma is not None and prev.denoised_sigma > prev.sigma:

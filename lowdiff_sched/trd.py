@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import Tensor
@@ -188,7 +188,7 @@ def redistribute_timesteps(
 
     def run(p: CascadePlan) -> Tensor:
         with torch.no_grad():
-            return sample_cascade(cascade, p, seeds=seeds, extra_args=extra_args, batch_size=batch_size, disable=True).double()
+            return cast(Tensor, sample_cascade(cascade, p, seeds=seeds, extra_args=extra_args, batch_size=batch_size, disable=True)).double()
 
     target = run(reference_plan)
     evaluations = 0
@@ -209,9 +209,9 @@ def redistribute_timesteps(
                     trial = _with_sigma(best_plan, k, i, sigma, cascade)
                     if trial is None:
                         continue
-                    value = l2(trial)
-                    if value < best:
-                        best_plan, best, moved = trial, value, True
+                    score = l2(trial)
+                    if score < best:
+                        best_plan, best, moved = trial, score, True
         if not moved:
             break
     name = f"{plan.name}-trd" if plan.name else "trd"

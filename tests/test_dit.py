@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowdiff_sched import presets
-from lowdiff_sched.adapters.dit.cascade import C2FDiT, DiTCascade, LowDiffDiT, class_ids, guided_velocity
+from lowdiff_sched.adapters.dit.cascade import C2FDiT, DiTCascade, LowDiffDiT, guided_velocity
+from lowdiff_sched.labels import class_ids
 from lowdiff_sched.adapters.dit.weights import (
     denormalize,
     load_dit,

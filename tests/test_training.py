@@ -31,6 +31,7 @@ from lowdiff_sched.training import (
     draw_multires_noise,
     latest_checkpoint,
     load_checkpoint,
+    make_loss,
     multires_loss,
     one_hot,
     train,
@@ -799,3 +800,32 @@ def test_cli_log_must_be_jsonl_or_tensorboard(dataset_dir, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "--log" in lines[0] and "bogus" in lines[0], result.output
     assert not out.exists()
+
+
+# ---- the DDPM loss: a discrete VP schedule as its networks are trained ---------------------
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_the_ddpm_loss_is_the_networks_own_regression_error(prediction):
+    """lambda(sigma) ||D - x0||^2 equals ||eps_pred - eps||^2, ||v_pred - v||^2 or ||x0_pred - x0||^2."""
+    loss = make_loss("ddpm", beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction)
+    sigma = loss.sample_sigma(64, torch.Generator().manual_seed(0)).double()
+    assert all(s in set(loss.sigmas.double().tolist()) for s in sigma.tolist())  # training sigmas only
+    x0, eps, pred = torch.randn(3, 64, dtype=torch.float64).unbind(0)
+    s, scale = sigma, (sigma**2 + 1) ** 0.5
+    x = x0 + s * eps
+    if prediction == "epsilon":
+        denoised, target = x - s * pred, eps
+    elif prediction == "v_prediction":  # v = alpha eps - sigma_vp x0, with x_vp = x / scale
+        denoised, target = x / scale**2 - s * pred / scale, (eps - s * x0) / scale
+    else:
+        denoised, target = pred, x0
+    assert torch.allclose(loss.weight(sigma) * (denoised - x0) ** 2, (pred - target) ** 2)
+
+
+def test_loss_settings_are_checked_by_kind():
+    with pytest.raises(ValueError, match="loss 'edm': P_mean must be a number, got 'x'"):
+        make_loss("edm", P_mean="x")
+    with pytest.raises(ValueError, match="prediction_type must be epsilon, v_prediction or sample"):
+        make_loss("ddpm", prediction_type="flow")
+    with pytest.raises(ValueError, match="beta_schedule 'cosine' is not supported"):
+        make_loss("ddpm", beta_schedule="cosine")

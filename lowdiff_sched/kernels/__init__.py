@@ -88,7 +88,7 @@ class _UpsampleConcat(torch.autograd.Function):
         grad_xs = (grad[:, : ctx.cx].float() * x.float()).sum(dim=(1, 2, 3)) if need_xs else None
         grad_cs = None
         if need_cs:
-            up = resample.upsample(cond.float(), tuple(grad.shape[-2:]), ctx.mode)  # unrounded, as in the forward
+            up = resample.upsample(cond.float(), (grad.shape[-2], grad.shape[-1]), ctx.mode)  # unrounded, as in the forward
             grad_cs = (grad[:, ctx.cx :].float() * up).sum(dim=(1, 2, 3))
         return grad_x, grad_cond, None, grad_xs, grad_cs, None
 

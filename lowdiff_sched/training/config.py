@@ -53,7 +53,7 @@ class TrainConfig:
     workers: int = 0
     alternate_levels: bool = False
     distill: bool = False
-    loss_kwargs: dict[str, float] | None = None
+    loss_kwargs: dict[str, float | str] | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> ValueError:
@@ -77,10 +77,13 @@ class TrainConfig:
                 raise bad(name, "a bool")
         if self.loss_kwargs is not None:
             if not isinstance(self.loss_kwargs, dict) or not all(
-                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in self.loss_kwargs.items()
+                isinstance(k, str) and isinstance(v, (int, float, str)) and not isinstance(v, bool) for k, v in self.loss_kwargs.items()
             ):
-                raise bad("loss_kwargs", "None or an object of numbers")
-            make_loss(self.loss, **self.loss_kwargs)  # unknown names and bad values fail here, not at step 0
+                raise bad("loss_kwargs", "None or an object of numbers (and names, e.g. DDPM's beta_schedule)")
+            try:
+                make_loss(self.loss, **self.loss_kwargs)  # unknown names and bad values fail here, not at step 0
+            except ValueError as err:
+                raise ValueError(f"TrainConfig.loss_kwargs: {err}") from None
         if self.mixed_precision not in PRECISIONS:
             raise bad("mixed_precision", f"one of {PRECISIONS}")
         if self.log not in LOGS:

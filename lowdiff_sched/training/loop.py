@@ -9,7 +9,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -96,7 +96,7 @@ def _check_dataset(model: nn.Module, dataset: Any, config: TrainConfig) -> None:
         raise ValueError("dataset is empty")
     item = dataset[0]
     image = item if isinstance(item, Tensor) else item[0]
-    top = model.levels[-1]
+    top = cast(ResolutionCascade, model).levels[-1]
     if tuple(image.shape) != top.shape:
         raise ValueError(f"dataset images have shape {tuple(image.shape)}, the model's top level is {top.shape}")
     if config.label_dim and not getattr(dataset, "has_labels", not isinstance(item, Tensor)):
@@ -115,12 +115,17 @@ class _Run:
         self.model.to(device).train()
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
         self.loss_fn = make_loss(config.loss, **(config.loss_kwargs or {}))
-        self.level_ids = trained_level_ids(model.levels, config.levels, config.distill)
+        self.level_ids = trained_level_ids(self.cascade.levels, config.levels, config.distill)
         self.noise_generator = torch.Generator(device=device)
         self.step = 0
         self.saved_step: int | None = None
         self.ema: nn.Module
         self.step_scalars: dict[str, float] = {}  # the last update's learning rate and EMA, for the log
+
+    @property
+    def cascade(self) -> ResolutionCascade:
+        """The model, a cascade."""
+        return cast(ResolutionCascade, self.model)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -189,14 +194,14 @@ class _Run:
         share = cfg.batch // self.procs.world
         rows = (self.procs.rank * share, (self.procs.rank + 1) * share)
         levels = self.step_levels()
-        noise = draw_multires_noise(self.model.levels, cfg.batch, self.loss_fn, generator=self.noise_generator, levels=levels,
+        noise = draw_multires_noise(self.cascade.levels, cfg.batch, self.loss_fn, generator=self.noise_generator, levels=levels,
                                     device=self.device, distill=cfg.distill)
         noise = {i: z.rows(*rows) for i, z in noise.items()}
         self.optimizer.zero_grad(set_to_none=True)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.mixed_precision == "bf16" else nullcontext()
         with autocast:
             loss = distill_loss if cfg.distill else multires_loss
-            total, per_level = loss(self.model, images, self.loss_fn, class_labels=class_labels, levels=levels, noise=noise)
+            total, per_level = loss(self.cascade, images, self.loss_fn, class_labels=class_labels, levels=levels, noise=noise)
         total.backward()
         average_gradients(self.model, self.procs)
         nan = total.new_tensor(float("nan"))  # levels not trained this step (alternate_levels)
@@ -212,7 +217,7 @@ class _Run:
         cfg = self.config
         params = [p for p in self.model.parameters() if p.grad is not None]
         for p in params:
-            torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+            torch.nan_to_num(cast(Tensor, p.grad), nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         seen = self.step * cfg.batch

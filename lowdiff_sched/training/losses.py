@@ -7,7 +7,7 @@ Each loss class says only how sigma is drawn and how a sample at that sigma is w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..protocol import Level, ResolutionCascade, is_conditioned
 from ..resample import downsample, upsample
+from ..schedules import discrete_vp_sigmas
 
 
 def _rand(n: int, generator: torch.Generator | None, device: torch.device | str | None) -> Tensor:
@@ -126,14 +127,53 @@ class FlowLoss:
         return ((1 + sigma) / sigma) ** 2
 
 
-LOSSES: dict[str, type] = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss, "flow": FlowLoss}
+@dataclass(frozen=True)
+class DDPMLoss:
+    """A discrete VP (DDPM) schedule as its networks are trained ("Denoising Diffusion
+    Probabilistic Models", Alg. 1): a timestep drawn uniformly from the T training steps, sigma
+    its training sigma (`schedules.discrete_vp_sigmas`), and the weight that makes the
+    weighted denoising error the network's own regression error for its prediction type:
+    ||eps_pred - eps||^2 (1 / sigma^2), ||v_pred - v||^2 ((sigma^2 + 1) / sigma^2, "Progressive
+    Distillation for Fast Sampling of Diffusion Models", Sec. 4) or ||x0_pred - x0||^2 (1)."""
+
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    num_train_timesteps: int = 1000
+    prediction_type: str = "epsilon"
+    sigmas: Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"DDPMLoss.prediction_type must be epsilon, v_prediction or sample, got {self.prediction_type!r}")
+        table = discrete_vp_sigmas(self.beta_schedule, self.beta_start, self.beta_end, int(self.num_train_timesteps))
+        object.__setattr__(self, "sigmas", table)
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+        steps = (_rand(n, generator, device) * len(self.sigmas)).long().clamp_max(len(self.sigmas) - 1)
+        return self.sigmas.to(steps.device)[steps]
+
+    def weight(self, sigma: Tensor) -> Tensor:
+        if self.prediction_type == "epsilon":
+            return 1 / sigma**2
+        if self.prediction_type == "v_prediction":
+            return (sigma**2 + 1) / sigma**2
+        return torch.ones_like(sigma)
+
+
+LOSSES: dict[str, type] = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss, "flow": FlowLoss, "ddpm": DDPMLoss}
 
 
 def make_loss(name: str, **kwargs: Any) -> SigmaLoss:
-    """The loss named "vp", "ve", "edm" or "flow", with its paper's hyper-parameters unless
-    `kwargs` set some (e.g. EDM's P_mean and P_std)."""
+    """The loss named "vp", "ve", "edm", "flow" or "ddpm", with its paper's hyper-parameters
+    unless `kwargs` set some (e.g. EDM's P_mean and P_std); each a value of its field's kind."""
     if name not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
+    defaults = {f.name: f.default for f in fields(LOSSES[name]) if f.init}
+    for key, value in kwargs.items():
+        kind = str if isinstance(defaults.get(key), str) else (int, float)
+        if key in defaults and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise ValueError(f"loss {name!r}: {key} must be a {'name' if kind is str else 'number'}, got {value!r}")
     try:
         return LOSSES[name](**kwargs)
     except TypeError as err:
@@ -153,7 +193,7 @@ class LevelNoise:
     def rows(self, start: int, stop: int) -> "LevelNoise":
         """The draws of samples start..stop-1 (a process's share of a global batch)."""
         cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
-        return LevelNoise(cut(self.sigma), cut(self.eps), cut(self.sigma_c), cut(self.eps_c))
+        return LevelNoise(self.sigma[start:stop], self.eps[start:stop], cut(self.sigma_c), cut(self.eps_c))
 
 
 def check_level_ids(cascade_levels: Sequence[Level], levels: Sequence[int] | None) -> list[int]:
@@ -250,6 +290,8 @@ def multires_loss(
         cond = cond_sigma = None
         if is_conditioned(model, i):  # C2F-DM's levels are not: each trains on its own downsampled data only
             # LowDiff Alg. 1: c = U(D(x0, r_{i-1}) + sigma_c eps_c, r_i)
+            if z.sigma_c is None or z.eps_c is None:
+                raise ValueError(f"noise of level {i} needs sigma_c and eps_c: the level is conditioned on the level below")
             low = downsample(x0, model.levels[i - 1].size)
             cond = upsample(low + z.sigma_c.view(-1, 1, 1, 1) * z.eps_c, size, "nearest")
             cond_sigma = z.sigma_c

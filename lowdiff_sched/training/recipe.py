@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -16,6 +16,9 @@ from torch import nn
 from ..backbones import Backbone
 from .config import TrainConfig
 from .seeds import RETROFIT, derive_seed
+
+if TYPE_CHECKING:
+    from ..protocol import ResolutionCascade
 
 DEFAULT_OUT = "runs/lowdiff"
 DEFAULT_METHOD = "lowdiff"
@@ -252,9 +255,13 @@ class TrainRecipe:
             torch.manual_seed(derive_seed(seed, RETROFIT))
             cascade = record.cascade_of(net, self.levels or record.default_levels(net), method)
         dataset = record.dataset(str(self.data), cascade, self.latent_stats)
+        own: dict[str, Any] = {}
+        if "loss" not in self.train:  # the backbone's own loss, with its settings under the run's
+            own = {"loss": record.loss(cascade),
+                   "loss_kwargs": {**record.loss_kwargs(cascade), **(self.train.get("loss_kwargs") or {})} or None}
         config = TrainConfig.from_dict({
-            "loss": record.loss(cascade), **self.train, "label_dim": record.label_dim(cascade, dataset),
-            "alternate_levels": method == "c2f" and len(cascade.levels) > 1, "distill": method == "distill",
+            **self.train, **own, "label_dim": record.label_dim(cascade, dataset),
+            "alternate_levels": method == "c2f" and len(cast("ResolutionCascade", cascade).levels) > 1, "distill": method == "distill",
         })
         return cascade, dataset, config
 

@@ -4,8 +4,9 @@ their samples."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import torch
 from torch import nn
@@ -34,7 +35,8 @@ class DiTBackbone(Backbone):
     # ---- the model spec: the LightningDiT config ------------------------------------------
     def describe(self, model: nn.Module) -> SpecParts:
         method = {DiTCascade: "none", LowDiffDiT: "lowdiff", C2FDiT: "c2f"}[type(model)]
-        return SpecParts(model.net.config.to_dict(), [lv.size[0] for lv in model.levels], method, {})
+        cascade = cast("DiTCascade | LowDiffDiT | C2FDiT", model)
+        return SpecParts(cascade.net.config.to_dict(), [lv.size[0] for lv in cascade.levels], method, {})
 
     def build(self, parts: SpecParts) -> nn.Module:
         """The untrained DiT cascade, once its config is checked to build (`check_dit_size`)."""
@@ -52,7 +54,7 @@ class DiTBackbone(Backbone):
         return SpecParts(spec["config"], spec["levels"], spec.get("method"), {})  # type: ignore[arg-type]
 
     def summary(self, model: nn.Module) -> str:
-        c = model.net.config
+        c = cast("DiTCascade | LowDiffDiT | C2FDiT", model).net.config
         return f"LightningDiT (depth {c.depth}, width {c.hidden_size}, {c.num_heads} heads, patch {c.patch_size}), loss flow"
 
     # ---- training ------------------------------------------------------------------------
@@ -74,16 +76,16 @@ class DiTBackbone(Backbone):
         else:
             path = Path(str(init))
             model = load_run(path) if path.is_dir() and (path / MODEL_SPEC).is_file() else load_dit(path, config, architecture)
-            net = model.net.train().requires_grad_(True)
+            net = cast(LightningDiT, model.net).train().requires_grad_(True)
         net.pos_embed.requires_grad_(False)  # a fixed sin-cos table, as in LightningDiT
         return net
 
     def default_levels(self, net: nn.Module) -> list[int]:
-        size = int(net.config.input_size)
+        size = int(cast(LightningDiT, net).config.input_size)
         return [size // 2, size]
 
     def cascade_of(self, net: nn.Module, levels: Sequence[int], method: str) -> nn.Module:
-        return dit_cascade_of(net, list(levels), method)
+        return dit_cascade_of(cast(LightningDiT, net), list(levels), method)
 
     def loss(self, cascade: nn.Module) -> str:
         return "flow"
@@ -93,11 +95,12 @@ class DiTBackbone(Backbone):
         from ...datasets.latents import LatentDataset
         from .weights import load_latent_stats
 
-        stats = load_latent_stats(latent_stats, cascade.net.config.in_channels) if latent_stats else None
+        dit = cast("DiTCascade | LowDiffDiT | C2FDiT", cascade)
+        stats = load_latent_stats(latent_stats, dit.net.config.in_channels) if latent_stats else None
         return LatentDataset(data, stats)
 
     def label_dim(self, cascade: nn.Module, dataset: Any) -> int:
-        return int(cascade.label_dim) if dataset.has_labels else 0  # unlabelled latents train the null class
+        return int(cast("DiTCascade | LowDiffDiT | C2FDiT", cascade).label_dim) if dataset.has_labels else 0  # unlabelled latents train the null class
 
     # ---- for users -----------------------------------------------------------------------
     def decoding(self, channels: int, latent_stats: Path | None, decoder: Path | None, device: torch.device) -> Any:
@@ -125,7 +128,7 @@ class DiTBackbone(Backbone):
                 name, f"{about}; needs --ckpt (a plain checkpoint runs the baseline plan, a LowDiff one the cascade)",
                 weights_from(name), default_plan=plans[0], latent=True, single_level_plan=plans[1],
                 fine_tune="lowdiff-sched train --model {name} --init {ckpt} --data LATENTS --levels {levels} --out runs/{name}-lowdiff",
-                inspect=lambda name=name: meta_cascade(name),
+                inspect=partial(meta_cascade, name),
             )
 
 

@@ -10,33 +10,17 @@ sigma = (1 - t) / t, D = z_t + (1 - t) v. LightningDiT's time shift belongs to t
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 from torch import Tensor, nn
 
 from ...flow import velocity_denoiser
+from ...labels import class_ids
 from ...protocol import CascadeDefaults, Level, check_condition, check_level_input, check_level_sizes, level_one_hot
 from .networks import FinalLayer, LightningDiT, PatchEmbed, RoPE, sincos_2d
 
 Velocity = Callable[[Tensor, Tensor, Tensor], Tensor]  # v(z_t, t, class ids)
-
-
-def class_ids(class_labels: Tensor | None, batch: int, num_classes: int, device: torch.device) -> Tensor:
-    """Class ids [B] from ids or one-hot rows [B, num_classes] (as `labels.class_label_args`
-    makes them); None means the null class (unconditional)."""
-    if class_labels is None:
-        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
-    labels = torch.as_tensor(class_labels, device=device)
-    if labels.ndim == 2:
-        if labels.shape[1] != num_classes or not ((labels == 0) | (labels == 1)).all() or not (labels.sum(1) == 1).all():
-            raise ValueError(f"class_labels given as rows must be one-hot [B, {num_classes}], got shape {tuple(labels.shape)}")
-        labels = labels.argmax(1)
-    if labels.ndim != 1 or labels.shape[0] != batch or labels.is_floating_point():
-        raise ValueError(f"class_labels must be int class ids [{batch}] or one-hot rows, got {tuple(labels.shape)} {labels.dtype}")
-    if ((labels < 0) | (labels > num_classes)).any():
-        raise ValueError(f"class ids must lie in [0, {num_classes}] ({num_classes} is the null class), got {labels.tolist()}")
-    return labels.long()
 
 
 def guided_velocity(
@@ -77,7 +61,7 @@ class _FlowCascade(nn.Module, CascadeDefaults):
     levels: tuple[Level, ...]
 
     @property
-    def label_dim(self) -> int:
+    def label_dim(self) -> int:  # type: ignore[override]  # CascadeDefaults' class default, read-only here
         """Classes the network is conditioned on (class ids, not counting the null class)."""
         return self.net.num_classes
 
@@ -150,11 +134,12 @@ class LowDiffDiT(_Retrofit):
             top = i == len(sizes) - 1
             embed = PatchEmbed(p, ch if top or i == 0 else 2 * ch, dim)
             with torch.no_grad():
+                bias = cast(Tensor, embed.proj.bias)  # a PatchEmbed's conv has a bias
                 embed.proj.weight.zero_()
-                embed.proj.bias.zero_()
+                bias.zero_()
                 if not top:  # the latent channels start as the network's own embedder
                     embed.proj.weight[:, :ch] = net.x_embedder.proj.weight
-                    embed.proj.bias.copy_(net.x_embedder.proj.bias)
+                    bias.copy_(cast(Tensor, net.x_embedder.proj.bias))
             self.x_embedders.append(embed)
         self.final_layers = nn.ModuleList(copy.deepcopy(net.final_layer) for _ in sizes[:-1])
         self.level_embed = nn.Linear(len(sizes), dim, bias=False)
@@ -175,7 +160,7 @@ class LowDiffDiT(_Retrofit):
     def _parts(self, level: int) -> tuple[Tensor, RoPE, FinalLayer]:
         if level == len(self.levels) - 1:
             return self.net.pos_embed, self.net.feat_rope, self.net.final_layer
-        return self.pos_embeds[level], self.ropes[level], self.final_layers[level]
+        return self.pos_embeds[level], cast(RoPE, self.ropes[level]), cast(FinalLayer, self.final_layers[level])
 
     def velocity(self, z: Tensor, t: Tensor, y: Tensor, *, level: int, z_cond: Tensor | None, t_cond: Tensor | None) -> Tensor:
         """The network's velocity at `level`, given the condition z_cond (flow scale, this
@@ -246,7 +231,7 @@ class C2FDiT(_Retrofit):
             raise ValueError("C2F levels are unconditional (they start from a re-noised upsampled estimate): cond must be None")
         net, top = self.net, level == len(self.levels) - 1
         pos = net.pos_embed if top else self.pos_embeds[level]
-        rope = net.feat_rope if top else self.ropes[level]
+        rope = net.feat_rope if top else cast(RoPE, self.ropes[level])
         label = self.level_embed(level_one_hot(len(self.levels), level, x.device))
 
         def velocity(z: Tensor, t: Tensor, y: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterable, cast
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +111,9 @@ class RoPE(nn.Module):
     """The rotary tables of one token grid (buffers `freqs_cos`, `freqs_sin`, as in a
     LightningDiT state dict)."""
 
+    freqs_cos: Tensor
+    freqs_sin: Tensor
+
     def __init__(self, head_dim: int, grid: int) -> None:
         super().__init__()
         cos, sin = rope_2d(head_dim, grid)
@@ -166,7 +169,7 @@ class TimestepEmbedder(nn.Module):
         return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(self.features(t).to(self.mlp[0].weight.dtype))
+        return self.mlp(self.features(t).to(cast(nn.Linear, self.mlp[0]).weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
@@ -272,14 +275,15 @@ class LightningDiT(nn.Module):
                 nn.init.zeros_(m.bias)
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.zeros_(cast(Tensor, self.x_embedder.proj.bias))  # the patch conv has a bias
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+        nn.init.normal_(cast(nn.Linear, self.t_embedder.mlp[0]).weight, std=0.02)
+        nn.init.normal_(cast(nn.Linear, self.t_embedder.mlp[2]).weight, std=0.02)
+        for block in cast(Iterable[Block], self.blocks):
+            modulation = cast(nn.Linear, block.adaLN_modulation[-1])
+            nn.init.zeros_(modulation.weight)
+            nn.init.zeros_(modulation.bias)
+        for layer in (cast(nn.Linear, self.final_layer.adaLN_modulation[-1]), self.final_layer.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 

@@ -5,7 +5,7 @@ the methods make of it, the image data they train on, and the shipped models bui
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from torch import nn
 from ...backbones import Backbone, SpecParts
 from .c2f import C2FUNet
 from .lowdiff import METHODS, EDMCascade, LowDiffUNet, backbone_loss, build_network, cascade_of, is_edm_precond
+from .networks import _Precond
 from .stack import LevelStack
 
 
@@ -32,7 +33,7 @@ class EDMBackbone(Backbone):
             return SpecParts(network, [int(model.net.img_resolution)], "none", {})
         method = "c2f" if isinstance(model, C2FUNet) else "distill" if isinstance(model, LevelStack) else "lowdiff"
         options = {"cond": model.cond_mode, "embed_cond_sigma": model.embed_cond_sigma} if method == "lowdiff" else {}
-        return SpecParts(network, list(model.level_sizes), method, options)
+        return SpecParts(network, list(cast("tuple[int, ...]", model.level_sizes)), method, options)
 
     def build(self, parts: SpecParts) -> nn.Module:
         network, levels, method, options = parts
@@ -64,7 +65,8 @@ class EDMBackbone(Backbone):
         return SpecParts(network, levels, method, {})
 
     def summary(self, model: nn.Module) -> str:
-        return f"{type(model.net).__name__}({type(model.net.model).__name__}), loss {backbone_loss(model)}"
+        cascade = cast("LowDiffUNet | EDMCascade | C2FUNet | LevelStack", model)
+        return f"{type(cascade.net).__name__}({type(cascade.net.model).__name__}), loss {backbone_loss(cascade)}"
 
     # ---- training ------------------------------------------------------------------------
     def check_fresh(self, init: dict[str, Any]) -> None:
@@ -101,7 +103,7 @@ class EDMBackbone(Backbone):
 
     def default_levels(self, net: nn.Module) -> list[int]:
         """Three levels, each half the next, up to the network's own resolution (8, 16, 32 for a 32x32 net)."""
-        top = int(net.img_resolution)
+        top = int(cast(_Precond, net).img_resolution)
         return [top // 4, top // 2, top]
 
     def cascade_of(self, net: nn.Module, levels: Sequence[int], method: str) -> nn.Module:
@@ -113,7 +115,7 @@ class EDMBackbone(Backbone):
         return cascade
 
     def loss(self, cascade: nn.Module) -> str:
-        return backbone_loss(cascade)
+        return backbone_loss(cast("LowDiffUNet | EDMCascade | C2FUNet | LevelStack", cascade))
 
     def dataset(self, data: str, cascade: nn.Module, latent_stats: str | None = None) -> Any:
         """An EDM dataset (folder or zip of PNGs, dataset.json labels) or a named one (mnist:train)."""

@@ -11,13 +11,14 @@ network, run at that level's size.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import Tensor, nn
 
 from ...protocol import Level, check_level_input, level_one_hot
 from .inputs import EDMNetCascade, check_retrofit, label_rows
+from .networks import _Precond
 
 
 class C2FUNet(EDMNetCascade):
@@ -25,11 +26,12 @@ class C2FUNet(EDMNetCascade):
     levels are unconditional (each denoises its own resolution from scratch)."""
 
     conditions_on_lower_level = False  # multires_loss trains each level on its own data only
+    net: _Precond
 
     def __init__(self, net: nn.Module, levels: Sequence[int]) -> None:
         super().__init__()
         unet, levels, channels = check_retrofit(net, levels, "C2FUNet", whole_unet=True)
-        self.net = net
+        self.net = cast(_Precond, net)  # check_retrofit found its SongUNet
         self.level_sizes = levels
         self.levels = tuple(Level((r, r), channels) for r in levels)
         self.level_embed = nn.Linear(len(levels), unet.map_layer0.in_features, bias=False)
@@ -60,4 +62,6 @@ class C2FUNet(EDMNetCascade):
         extra_emb = self.level_embed(level_one_hot(len(self.levels), level, x.device))
         emb = unet.embedding(c_noise.flatten(), labels, augment_labels, extra=extra_emb)
         _, F_x = unet.walk(x * c_in, emb)
+        if F_x is None:
+            raise ValueError("the SongUNet's decoder has no output conv (no '_aux_conv' entry in dec)")
         return c_skip * x + c_out * F_x.to(torch.float32)

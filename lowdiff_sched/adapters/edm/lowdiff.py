@@ -11,7 +11,7 @@ level starts at zero, so right after the retrofit the top level is the original 
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeGuard, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,7 @@ from ...protocol import Level, check_condition, check_level_input, level_index, 
 from ...resample import UPSAMPLE_MODES
 from .c2f import C2FUNet
 from .inputs import EDMNetCascade, check_retrofit, label_rows
-from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, block_resolution, build_checked
+from .networks import NETWORK_CLASSES, Conv2d, GroupNorm, SongUNet, _Precond, block_resolution, build_checked
 from .stack import LevelStack
 
 
@@ -32,6 +32,8 @@ class LowDiffUNet(EDMNetCascade):
     Parameters of the original network keep their names under `net.`; new ones live in
     `in_convs`, `heads`, `level_embed` and `cond_sigma_embed`.
     """
+
+    net: _Precond
 
     def __init__(
         self, net: nn.Module, levels: Sequence[int], cond: str = "nearest", embed_cond_sigma: bool = True
@@ -45,7 +47,7 @@ class LowDiffUNet(EDMNetCascade):
                 raise ValueError(f"level {r} is not one of the UNet's resolutions {sorted(depths)}")
         if cond not in UPSAMPLE_MODES:
             raise ValueError(f"cond must be one of {UPSAMPLE_MODES}, got {cond!r}")
-        self.net = net
+        self.net = cast(_Precond, net)  # check_retrofit found its SongUNet
         self.level_sizes = levels
         self.depths = tuple(depths[r] for r in levels)
         self.cond_mode = cond
@@ -54,7 +56,7 @@ class LowDiffUNet(EDMNetCascade):
 
         widths = self._depth_channels(unet)  # channels entering each depth's first block
         noise_channels = unet.map_layer0.in_features
-        init = dict(init_mode="xavier_uniform")
+        init: dict[str, Any] = dict(init_mode="xavier_uniform")
         self.in_convs = nn.ModuleList()
         self.heads = nn.ModuleList()
         for i, d in enumerate(self.depths):
@@ -89,19 +91,19 @@ class LowDiffUNet(EDMNetCascade):
 
     # ---- structure ----------------------------------------------------------------
     @staticmethod
-    def _depth_channels(unet: nn.Module) -> list[int]:
+    def _depth_channels(unet: SongUNet) -> list[int]:
         """Per depth, the channel count a depth's first encoder block takes in."""
         widths = []
         for name, block in unet.enc.items():
             if name.split("_", 1)[1] in ("conv", "down"):  # not the aux path's aux_down
-                widths.append(int(block.out_channels))
+                widths.append(int(cast(int, block.out_channels)))
         return widths
 
     @staticmethod
-    def _decoder_width(unet: nn.Module, res: int) -> int:
+    def _decoder_width(unet: SongUNet, res: int) -> int:
         """Channels leaving the decoder's last block at resolution `res`."""
         last = [b for n, b in unet.dec.items() if block_resolution(n) == res and "_block" in n][-1]
-        return int(last.out_channels)
+        return int(cast(int, last.out_channels))
 
     @property
     def parameter_overhead(self) -> int:
@@ -132,9 +134,11 @@ class LowDiffUNet(EDMNetCascade):
             entry = self.in_convs[level](inp)
         x, out = unet.walk(image, emb, res=res, entry=entry)
         if depth > 0:
-            head = self.heads[level]
+            head = cast(nn.ModuleDict, self.heads[level])
             y = head["conv"](silu(head["norm"](x)))
             out = y if out is None else out + y
+        if out is None:
+            raise ValueError(f"level {level}: the SongUNet's decoder has no output at {res}x{res}")
         return out
 
     def denoise(
@@ -182,10 +186,12 @@ class EDMCascade(EDMNetCascade):
     """An unmodified EDM precond network as a one-level ResolutionCascade: the
     single-resolution baseline, sampled by any k-diffusion sampler through the same plans."""
 
+    net: _Precond
+
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net = net
-        self.levels = (Level((int(net.img_resolution),) * 2, int(net.img_channels)),)
+        self.net = cast(_Precond, net)
+        self.levels = (Level((int(self.net.img_resolution),) * 2, int(self.net.img_channels)),)
 
     def denoise(self, x: Tensor, sigma: Tensor, *, level: int, cond: Tensor | None = None,
                 cond_sigma: Tensor | float | None = None, class_labels: Tensor | None = None, **extra: Any) -> Tensor:
@@ -204,12 +210,12 @@ def backbone_loss(model: "LowDiffUNet | EDMCascade | C2FUNet | LevelStack") -> s
     return _LOSS_OF_PRECOND[type(model.net).__name__]
 
 
-def is_edm_precond(net: Any) -> bool:
+def is_edm_precond(net: Any) -> TypeGuard[_Precond]:
     """Whether `net` is one of EDM's precond networks (VPPrecond, VEPrecond, EDMPrecond)."""
     return type(net).__name__ in _LOSS_OF_PRECOND
 
 
-def build_network(class_name: str, init_kwargs: dict[str, Any]) -> nn.Module:
+def build_network(class_name: str, init_kwargs: dict[str, Any]) -> _Precond:
     """A fresh EDM precond network (VPPrecond/VEPrecond/EDMPrecond) from its init kwargs,
     which it records as `init_kwargs` (as `load_edm` does), so runs can describe it."""
     if class_name not in _LOSS_OF_PRECOND:
@@ -217,7 +223,7 @@ def build_network(class_name: str, init_kwargs: dict[str, Any]) -> nn.Module:
     if not isinstance(init_kwargs, dict):
         raise ValueError(f"init_kwargs of {class_name} must be a JSON object, got {type(init_kwargs).__name__}")
     kwargs = json.loads(json.dumps(init_kwargs))  # a plain copy, as it will be written
-    net = build_checked(NETWORK_CLASSES[class_name], kwargs, f"init_kwargs of {class_name}")
+    net = cast(_Precond, build_checked(NETWORK_CLASSES[class_name], kwargs, f"init_kwargs of {class_name}"))
     net.init_kwargs = kwargs
     return net
 

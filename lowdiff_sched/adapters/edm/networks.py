@@ -18,7 +18,7 @@ import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,7 @@ class Linear(nn.Module):
         _check_init_mode(init_mode)
         self.in_features = in_features
         self.out_features = out_features
-        fans = dict(mode=init_mode, fan_in=in_features, fan_out=out_features)
+        fans: dict[str, Any] = dict(mode=init_mode, fan_in=in_features, fan_out=out_features)
         self.weight = nn.Parameter(weight_init([out_features, in_features], **fans) * init_weight)
         if bias:
             self.bias = nn.Parameter(weight_init([out_features], **fans) * init_bias)
@@ -117,6 +117,8 @@ class Conv2d(nn.Module):
     The buffer `resample_filter` (outer(f, f) / sum(f)^2) exists only when resampling.
     """
 
+    resample_filter: Tensor | None
+
     def __init__(
         self,
         in_channels: int,
@@ -146,7 +148,7 @@ class Conv2d(nn.Module):
         self.up = up
         self.down = down
         self.fused_resample = fused_resample
-        fans = dict(mode=init_mode, fan_in=in_channels * kernel * kernel, fan_out=out_channels * kernel * kernel)
+        fans: dict[str, Any] = dict(mode=init_mode, fan_in=in_channels * kernel * kernel, fan_out=out_channels * kernel * kernel)
         if kernel:
             self.weight = nn.Parameter(weight_init([out_channels, in_channels, kernel, kernel], **fans) * init_weight)
         else:
@@ -159,18 +161,26 @@ class Conv2d(nn.Module):
         f2d = torch.outer(f, f).reshape(1, 1, f.numel(), f.numel()) / f.sum().square()
         self.register_buffer("resample_filter", f2d if (up or down) else None)
 
+    def _filter(self, dtype: torch.dtype) -> tuple[Tensor, int]:
+        """The resampling filter in `dtype` and its padding; every up/down Conv2d has one."""
+        if self.resample_filter is None:
+            raise ValueError("Conv2d: up/down resampling needs the resample_filter buffer, which is None")
+        f = self.resample_filter.to(dtype)
+        return f, (f.shape[-1] - 1) // 2
+
     def forward(self, x: Tensor) -> Tensor:
         w = None if self.weight is None else self.weight.to(x.dtype)
-        f = None if self.resample_filter is None else self.resample_filter.to(x.dtype)
         w_pad = 0 if w is None else w.shape[-1] // 2
-        f_pad = 0 if f is None else (f.shape[-1] - 1) // 2
         if self.fused_resample and self.down and w is not None:
+            f, f_pad = self._filter(x.dtype)
             # the filter's padding is applied (as zeros) before the convolution
             x = _blur_down(F.conv2d(x, w, padding=w_pad + f_pad), f, padding=0)
         else:
             if self.up:
+                f, f_pad = self._filter(x.dtype)
                 x = _blur_up(x, f, padding=f_pad)
             if self.down:
+                f, f_pad = self._filter(x.dtype)
                 x = _blur_down(x, f, padding=f_pad)
             if w is not None:
                 x = F.conv2d(x, w, padding=w_pad)
@@ -275,7 +285,7 @@ class UNetBlock(nn.Module):
         self.skip_scale = float(skip_scale)
         self.adaptive_scale = adaptive_scale
 
-        resample = dict(up=up, down=down, resample_filter=resample_filter)
+        resample: dict[str, Any] = dict(up=up, down=down, resample_filter=resample_filter)
         self.norm0 = GroupNorm(num_channels=in_channels, eps=eps)
         self.conv0 = Conv2d(in_channels=in_channels, out_channels=out_channels, kernel=3, **resample, **init)
         affine_out = out_channels * (2 if adaptive_scale else 1)
@@ -334,6 +344,8 @@ class PositionalEmbedding(nn.Module):
 class FourierEmbedding(nn.Module):
     """Random Fourier features [cos(2 pi f x), sin(2 pi f x)], f ~ N(0, scale^2) in buffer `freqs`."""
 
+    freqs: Tensor
+
     def __init__(self, num_channels: int, scale: float = 16) -> None:
         super().__init__()
         self.register_buffer("freqs", torch.randn(num_channels // 2) * scale)
@@ -367,6 +379,8 @@ class SongUNet(nn.Module):
     decoder 'skip' sums an RGB output of every level, upsampled, instead of the finest only.
     """
 
+    map_noise: PositionalEmbedding | FourierEmbedding
+
     def __init__(
         self,
         img_resolution: int,
@@ -397,10 +411,10 @@ class SongUNet(nn.Module):
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
         noise_channels = model_channels * channel_mult_noise
-        init = dict(init_mode="xavier_uniform")
-        init_zero = dict(init_mode="xavier_uniform", init_weight=1e-5)
-        init_attn = dict(init_mode="xavier_uniform", init_weight=math.sqrt(0.2))
-        block_kwargs = dict(
+        init: dict[str, Any] = dict(init_mode="xavier_uniform")
+        init_zero: dict[str, Any] = dict(init_mode="xavier_uniform", init_weight=1e-5)
+        init_attn: dict[str, Any] = dict(init_mode="xavier_uniform", init_weight=math.sqrt(0.2))
+        block_kwargs: dict[str, Any] = dict(
             emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=math.sqrt(0.5), eps=1e-6,
             resample_filter=resample_filter, resample_proj=True, adaptive_scale=False,
             init=init, init_zero=init_zero, init_attn=init_attn,
@@ -446,7 +460,7 @@ class SongUNet(nn.Module):
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
                     in_channels=cin, out_channels=cout, attention=(res in attn_resolutions), **block_kwargs
                 )
-        skips = [module.out_channels for name, module in self.enc.items() if "aux" not in name]
+        skips = [cast(int, module.out_channels) for name, module in self.enc.items() if "aux" not in name]
 
         # Decoder: every "_block" consumes one encoder output (concatenated), last in first out.
         self.dec = nn.ModuleDict()
@@ -481,7 +495,10 @@ class SongUNet(nn.Module):
         self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None, augment_labels: Tensor | None = None
     ) -> Tensor:
         """F(x, c_noise): x (N, C, H, W), noise_labels (N,), class_labels (N, label_dim) or None."""
-        return self.walk(x, self.embedding(noise_labels, class_labels, augment_labels))[1]
+        out = self.walk(x, self.embedding(noise_labels, class_labels, augment_labels))[1]
+        if out is None:
+            raise ValueError("SongUNet: the decoder has no output conv (no '_aux_conv' entry in dec)")
+        return out
 
     def noise_embedding(self, noise_labels: Tensor) -> Tensor:
         """map_noise's output in the order the mapping network takes it."""
@@ -562,7 +579,7 @@ class SongUNet(nn.Module):
         return x, out
 
 
-def _build_model(model_type: str, **kwargs: Any) -> nn.Module:
+def _build_model(model_type: str, **kwargs: Any) -> SongUNet:
     if model_type == "SongUNet":
         return SongUNet(**kwargs)
     if model_type == "DhariwalUNet":
@@ -576,7 +593,7 @@ def _build_model(model_type: str, **kwargs: Any) -> nn.Module:
 class _Precond(nn.Module, ABC):
     """Shared forward of the preconditioners: D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)."""
 
-    model: nn.Module
+    model: SongUNet
 
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool) -> None:
         super().__init__()
@@ -585,7 +602,7 @@ class _Precond(nn.Module, ABC):
         self.label_dim = label_dim
         self.use_fp16 = use_fp16
 
-    def _make_model(self, model_type: str, model_kwargs: dict[str, Any]) -> nn.Module:
+    def _make_model(self, model_type: str, model_kwargs: dict[str, Any]) -> SongUNet:
         return _build_model(
             model_type, img_resolution=self.img_resolution, in_channels=self.img_channels,
             out_channels=self.img_channels, label_dim=self.label_dim, **model_kwargs,
@@ -785,7 +802,7 @@ def _counts(name: str, value: Any, least: int, *, empty: bool) -> list[int]:
 
 
 def _real(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not lo <= value <= hi:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not lo <= cast(float, value) <= hi:
         raise ValueError(f"{name}={value!r}: must be a number in [{lo}, {hi}]")
     return float(value)
 

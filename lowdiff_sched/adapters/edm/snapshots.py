@@ -27,7 +27,7 @@ import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping, cast
 
 import numpy as np
 import torch
@@ -210,7 +210,7 @@ class _NumpyDtypeSpec:
     It becomes a real dtype only inside `_numpy_scalar`; a real dtype would let BUILD's state
     set arbitrary flags (e.g. "holds objects") on it."""
 
-    def __init__(self, code: str, byteorder: str = "=") -> None:
+    def __init__(self, code: str, byteorder: Literal["<", ">", "|", "="] = "=") -> None:
         self.code, self.byteorder = code, byteorder
 
     def __setstate__(self, state: Any) -> None:
@@ -457,7 +457,7 @@ def _build(
     except RuntimeError as exc:
         raise CheckpointError(f"{where}: its state does not load into {class_name}: {_first_line(exc)}") from None
     if getattr(net, "init_kwargs", None) is None:
-        net.init_kwargs = copy.deepcopy(kwargs)  # what save_checkpoint needs to rebuild it
+        net.init_kwargs = cast(Any, copy.deepcopy(kwargs))  # what save_checkpoint needs to rebuild it
     return net.eval()
 
 
@@ -481,8 +481,10 @@ def _gather_state(root: PersistentRecord) -> tuple[dict[str, torch.Tensor], dict
         buffers = node.state.get("_buffers")
         modules = node.state.get("_modules")
         transient = node.state.get("_non_persistent_buffers_set", set())
-        tables_ok = all(isinstance(m, dict) for m in (params, buffers, modules))
-        if not tables_ok or not isinstance(transient, (set, frozenset)):
+        if not (
+            isinstance(params, dict) and isinstance(buffers, dict) and isinstance(modules, dict)
+            and isinstance(transient, (set, frozenset))
+        ):
             raise CheckpointError(f"submodule {where} ({node.class_name}) lacks a torch module's state")
         dot = f"{prefix}." if prefix else ""
         for group, entries in (("parameter", params), ("buffer", buffers)):

@@ -14,12 +14,13 @@ same model.
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from torch import Tensor, nn
 
 from ...protocol import Level, check_level_input
 from .inputs import EDMNetCascade, check_retrofit, label_rows
+from .networks import _Precond
 
 
 class LevelStack(EDMNetCascade):
@@ -30,7 +31,7 @@ class LevelStack(EDMNetCascade):
 
     def __init__(self, nets: Sequence[nn.Module], levels: Sequence[int]) -> None:
         super().__init__()
-        nets = list(nets)
+        nets = cast("list[_Precond]", list(nets))
         _, sizes, channels = check_retrofit(nets[-1], levels, "LevelStack", whole_unet=True)
         if len(nets) != len(sizes):
             raise ValueError(f"LevelStack needs one network per level ({len(sizes)}), got {len(nets)}")
@@ -77,4 +78,5 @@ class LevelStack(EDMNetCascade):
         level = check_level_input(self.levels, level, x)
         if cond is not None:
             raise ValueError("LevelStack levels are unconditional (they continue a trajectory or restart from noise): cond must be None")
-        return self.nets[level](x, sigma, class_labels=label_rows(self.nets[level], class_labels, x.shape[0], x.device))
+        net = cast(_Precond, self.nets[level])
+        return net(x, sigma, class_labels=label_rows(net, class_labels, x.shape[0], x.device))
