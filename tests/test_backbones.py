@@ -35,7 +35,7 @@ def images(tmp_path):
 def test_the_entry_points_register_the_packages_backbones_and_their_models():
     from lowdiff_sched.models import model_names
 
-    assert set(backbones()) == {"analytic", "dit", "edm"}
+    assert set(backbones()) == {"analytic", "diffusers", "dit", "edm"}
     assert {"mnist-base", "mnist-fast", "dit-b1", "gaussian-field"} <= set(model_names())
     assert backbone("dit").architectures == ("dit-b1", "dit-xl1", "dit-s1") and backbone("dit").latent
 
@@ -46,7 +46,7 @@ def test_registering_checks_the_record(monkeypatch):
         register_backbone(type("Again", (Backbone,), {"name": "edm"})())
     with pytest.raises(ValueError, match="a named Backbone instance"):
         register_backbone(object())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"unknown backbone 'nope'; registered: analytic, dit, edm"):
+    with pytest.raises(ValueError, match=r"unknown backbone 'nope'; registered: analytic, diffusers, dit, edm"):
         backbone("nope")
     plain = register_backbone(type("Plain", (Backbone,), {"name": "plain"})())
     with pytest.raises(ValueError, match="backbone plain does not train"):

@@ -35,6 +35,13 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     from lowdiff_sched.adapters.dit.sizes import size_config
 
     save_dit(tmp_path / "lowdiff-b1.pt", LowDiffDiT(LightningDiT(size_config("dit-s1")), (8, 16)), size_config("dit-s1"))
+    # the diffusers example reads a save_pretrained folder: a small random UNet2DModel and its scheduler
+    import diffusers
+
+    diffusers.UNet2DModel(sample_size=64, block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
+                          down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                          ).save_pretrained(tmp_path / "my-ddpm" / "unet")
+    diffusers.EulerDiscreteScheduler().save_pretrained(tmp_path / "my-ddpm" / "scheduler")
     monkeypatch.chdir(tmp_path)
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
@@ -49,6 +56,8 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert namespace["msf_samples"].shape == (2, 1, 16, 16) and torch.isfinite(namespace["msf_samples"]).all()
     assert namespace["tuned"].l2_after <= namespace["tuned"].l2_before
     assert namespace["latents"].shape == (8, 32, 16, 16) and torch.isfinite(namespace["latents"]).all()
+    assert namespace["ddpm_samples"].shape == (4, 3, 64, 64) and torch.isfinite(namespace["ddpm_samples"]).all()
+    assert [lv.size[0] for lv in namespace["low_high"].levels] == [32, 64]
 
 
 def test_readme_quick_start_names_the_two_commands():

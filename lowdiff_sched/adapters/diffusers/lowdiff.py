@@ -1,0 +1,134 @@
+"""LowDiff's unified multi-resolution model ("LowDiff", Sec. 3.2) retrofitted onto a diffusers
+`UNet2DModel`: `LowDiffUNet2D(net, scheduler, levels)`.
+
+Every weight of the UNet is kept. Per level it adds an input conv taking the image and the
+upsampled condition, an output head, a one-hot level embedding and a condition-timestep
+embedding, both added to the time embedding. A level at 1/2^d of the UNet's size enters at
+depth d (where the d-th downsampling would have delivered its features), runs the rest of the
+encoder, the middle and the decoder back up to depth d, and leaves through its own head. Every
+new weight that touches the top level starts at zero, so right after the retrofit the top level
+is the original network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ...protocol import check_condition, check_level_input, level_one_hot
+from .cascade import DiffusersCascade
+from .denoisers import ddpm_sigmas, sigma_to_timestep, uses_log_sigma_timesteps
+
+
+@contextlib.contextmanager
+def _no_upsampling(block: Any) -> Iterator[None]:
+    """Run a decoder block without its upsampler: the level's output stays at its resolution."""
+    upsamplers = block.upsamplers
+    block.upsamplers = None
+    try:
+        yield
+    finally:
+        block.upsamplers = upsamplers
+
+
+class LowDiffUNet2D(DiffusersCascade):
+    """A diffusers UNet2DModel with LowDiff's per-level layers; levels above 0 are conditioned
+    on the level below's hand-over."""
+
+    conditions_on_lower_level = True
+
+    def __init__(self, net: Any, scheduler: Any, levels: Sequence[int]) -> None:
+        super().__init__(net, scheduler, levels)
+        if self.kind != "unet" or self.flow:
+            raise ValueError(f"LowDiffUNet2D retrofits a UNet2DModel on a DDPM-family schedule, got {type(net).__name__}")
+        cfg: Any = net.config
+        if len(self.levels) < 2:
+            raise ValueError(f"a LowDiff retrofit needs at least two levels, got {[lv.size[0] for lv in self.levels]}")
+        if cfg.time_embedding_type != "positional" or cfg.class_embed_type is not None \
+                or any(hasattr(b, "skip_conv") for b in [*net.down_blocks, *net.up_blocks]):
+            raise ValueError("LowDiffUNet2D retrofits UNet2DModels with positional time embeddings, plain class "
+                             "embeddings and no skip blocks (the DDPM / ADM layout)")
+        top = self.levels[-1].size[0]
+        self.depths = tuple((top // lv.size[0]).bit_length() - 1 for lv in self.levels)
+        widths, channels = list(cfg.block_out_channels), self.levels[0].channels
+        time_dim = net.time_embedding.linear_2.out_features
+        self.in_convs = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        for i, d in enumerate(self.depths):
+            cond = channels if i > 0 else 0
+            if d == 0:  # the top keeps conv_in; the condition enters through a conv that starts at zero
+                if cond:
+                    conv = nn.Conv2d(cond, widths[0], 3, padding=1, bias=False)
+                    nn.init.zeros_(conv.weight)
+                    self.in_convs.append(conv)
+                else:
+                    self.in_convs.append(nn.Identity())
+                self.heads.append(nn.Identity())
+            else:
+                self.in_convs.append(nn.Conv2d(channels + cond, widths[d - 1], 3, padding=1))
+                out = nn.Conv2d(widths[d], int(cfg.out_channels), 3, padding=1)
+                nn.init.zeros_(out.weight)
+                if out.bias is not None:
+                    nn.init.zeros_(out.bias)
+                head = nn.Sequential(nn.GroupNorm(cfg.norm_num_groups, widths[d], eps=cfg.norm_eps), nn.SiLU(), out)
+                self.heads.append(head)
+        self.level_embed = nn.Linear(len(self.levels), time_dim, bias=False)
+        self.cond_time_embed = nn.Linear(net.time_embedding.linear_1.in_features, time_dim, bias=False)
+        nn.init.zeros_(self.level_embed.weight)
+        nn.init.zeros_(self.cond_time_embed.weight)
+        self._train_sigmas, self._log = ddpm_sigmas(self.scheduler_config), uses_log_sigma_timesteps(self.scheduler_config)
+
+    def _network(self, x: Tensor, timesteps: Tensor, **extra: Any) -> Tensor:
+        level, cond, cond_t = extra.pop("_level"), extra.pop("_cond", None), extra.pop("_cond_t", None)
+        unknown = sorted(set(extra) - {"class_labels"})
+        if unknown:
+            raise ValueError(f"LowDiffUNet2D takes no {', '.join(unknown)} (extra_args it was given)")
+        net: Any = self.net
+        d = self.depths[level]
+        emb = net.time_embedding(net.time_proj(timesteps).to(x.dtype))
+        if self.label_dim:
+            if extra.get("class_labels") is None:
+                raise ValueError(f"UNet2DModel is class-conditional ({self.label_dim} classes): give class_labels")
+            from ...labels import class_ids
+
+            emb = emb + net.class_embedding(class_ids(extra["class_labels"], x.shape[0], self.label_dim, x.device)).to(x.dtype)
+        emb = emb + self.level_embed(level_one_hot(len(self.levels), level, x.device).to(x.dtype))
+        if cond_t is not None:
+            emb = emb + self.cond_time_embed(net.time_proj(cond_t).to(x.dtype))
+        if d == 0:
+            h = net.conv_in(x) + (self.in_convs[level](cond) if cond is not None else 0)
+        else:
+            h = self.in_convs[level](torch.cat([x, cond], 1) if cond is not None else x)
+        skips: tuple[Tensor, ...] = (h,)
+        for block in net.down_blocks[d:]:
+            h, found = block(hidden_states=h, temb=emb)
+            skips += found
+        if net.mid_block is not None:
+            h = net.mid_block(h, emb)
+        ups = list(net.up_blocks)[: len(net.up_blocks) - d]
+        for j, block in enumerate(ups):
+            mine, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
+            with _no_upsampling(block) if d > 0 and j == len(ups) - 1 else contextlib.nullcontext():
+                h = block(h, mine, emb)
+        if d == 0:
+            return net.conv_out(net.conv_act(net.conv_norm_out(h)))
+        return self.heads[level](h)
+
+    def denoise(self, x: Tensor, sigma: Tensor, *, level: int, cond: Tensor | None = None,
+                cond_sigma: Tensor | float | None = None, **extra: Any) -> Tensor:
+        level = check_level_input(self.levels, level, x)
+        check_condition(level, cond)
+        dtype = next(self.net.parameters()).dtype
+        inputs: dict[str, Any] = {"_level": level}
+        if cond is not None:
+            if tuple(cond.shape) != tuple(x.shape):
+                raise ValueError(f"cond must have x's shape {tuple(x.shape)} (the level below, upsampled), got {tuple(cond.shape)}")
+            if cond_sigma is None:
+                raise ValueError("cond_sigma (the condition's noise level) is required with cond")
+            c_sigma = torch.as_tensor(cond_sigma, device=x.device).reshape(-1).expand(x.shape[0])
+            inputs["_cond"] = (cond / (c_sigma.to(cond.dtype).view(-1, 1, 1, 1) ** 2 + 1) ** 0.5).to(dtype)
+            inputs["_cond_t"] = sigma_to_timestep(c_sigma, self._train_sigmas, self._log).to(torch.float32)
+        return self._denoise(x.to(dtype), sigma, **extra, **inputs).to(x.dtype)
