@@ -328,3 +328,51 @@ def test_train_and_info_take_a_diffusers_folder(saved, images, tmp_path):
     done = runner.invoke(app, ["train", "--init", f"diffusers:{saved}", "--data", str(images), "--method", "c2f",
                                "--out", str(tmp_path / "c2f"), "--no-progress"])
     assert done.exit_code == 2 and "backbone diffusers trains lowdiff" in done.output and not (tmp_path / "c2f").exists()
+
+
+def tiny_dit(channels: int = 4) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=channels,
+                                           out_channels=2 * channels, num_layers=2, sample_size=8, patch_size=2,
+                                           num_embeds_ada_norm=10).eval()
+
+
+def test_the_dit_retrofit_top_level_is_the_original_network_and_survives_a_copy():
+    import copy
+
+    from lowdiff_sched.adapters.diffusers.lowdiff import LowDiffDiT2D
+
+    dit, scheduler = tiny_dit(), diffusers.EulerDiscreteScheduler()
+    retrofit = LowDiffDiT2D(dit, scheduler, [4, 8]).eval()
+    x, sigma, labels = torch.randn(2, 4, 8, 8), torch.tensor([2.0, 0.3]), torch.tensor([1, 3])
+    with torch.no_grad():
+        original = from_diffusers(dit, scheduler).denoise(x, sigma, level=0, class_labels=labels)
+        top = retrofit.denoise(x, sigma, level=1, cond=torch.randn_like(x), cond_sigma=1.0, class_labels=labels)
+        low = retrofit.denoise(torch.randn(2, 4, 4, 4), sigma, level=0, class_labels=labels)
+        torch.nn.init.normal_(retrofit.level_embed.weight)  # the level embedding reaches every block ...
+        moved = retrofit.denoise(x, sigma, level=1, cond=torch.randn_like(x), cond_sigma=1.0, class_labels=labels)
+        twin = copy.deepcopy(retrofit)  # ... and a copy's reaches its own (EMA copies are deep copies)
+        torch.nn.init.zeros_(twin.level_embed.weight)
+        assert torch.equal(twin.denoise(x, sigma, level=1, cond=torch.randn_like(x), cond_sigma=1.0, class_labels=labels), original)
+    assert torch.equal(top, original) and low.shape == (2, 4, 4, 4) and not torch.allclose(moved, original)
+
+
+def test_a_dit_is_fine_tuned_through_the_recipe_and_reloads_from_its_run(images, tmp_path):
+    from lowdiff_sched.adapters.diffusers.lowdiff import LowDiffDiT2D
+    from lowdiff_sched.runs import load_run
+    from lowdiff_sched.training import TrainRecipe
+
+    folder = tmp_path / "dit"
+    torch.manual_seed(0)
+    diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=3, out_channels=6, num_layers=1,
+                                    sample_size=16, patch_size=2, num_embeds_ada_norm=4).save_pretrained(folder)
+    (images / "dataset.json").write_text(json.dumps({"labels": [[f"{i}.png", i % 4] for i in range(8)]}))  # EDM's layout
+    diffusers.DDPMScheduler(prediction_type="v_prediction").save_pretrained(folder)
+    done = TrainRecipe(init=f"diffusers:{folder}", data=str(images), levels=[8, 16], out=str(tmp_path / "run"),
+                       train={"steps": 2, "batch": 4}).run(progress=False)
+    assert done.config.loss_kwargs["prediction_type"] == "v_prediction"
+    model = load_run(tmp_path / "run")
+    assert isinstance(model, LowDiffDiT2D) and [lv.size[0] for lv in model.levels] == [8, 16]
+    plan = CascadePlan([StagePlan(0, [14.0, 2.0], "euler"), StagePlan(1, [2.0, 0.5, 0.0], "euler")], name="two")
+    labels = class_label_args([0, 3], 4)
+    assert torch.isfinite(sample_cascade(model, plan, seeds=[0, 1], extra_args=labels)).all()

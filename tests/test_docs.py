@@ -58,6 +58,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert namespace["latents"].shape == (8, 32, 16, 16) and torch.isfinite(namespace["latents"]).all()
     assert namespace["ddpm_samples"].shape == (4, 3, 64, 64) and torch.isfinite(namespace["ddpm_samples"]).all()
     assert [lv.size[0] for lv in namespace["low_high"].levels] == [32, 64]
+    assert [lv.size[0] for lv in namespace["retrofit"].levels] == [32, 64] and namespace["retrofit"].conditions_on_lower_level
 
 
 def test_readme_quick_start_names_the_two_commands():

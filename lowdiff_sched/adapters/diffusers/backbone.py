@@ -1,6 +1,7 @@
 """The diffusers backbone's record: models named "diffusers:DIR", read from a local
 `save_pretrained` folder with the hub forced offline, so nothing is ever downloaded; their
-model spec; and LowDiff fine-tuning of a UNet2DModel on its own DDPM loss.
+model spec; and LowDiff fine-tuning of a UNet2DModel or a DiTTransformer2DModel on its own
+DDPM loss (a learned variance, the second half of a DiT's output, is left as it is).
 
 DIR is either a model folder (config.json beside the weights) with the scheduler's
 scheduler_config.json beside it, or a pipeline folder (model_index.json) whose "unet" or
@@ -19,7 +20,7 @@ from torch import nn
 
 from ...backbones import Backbone, SpecParts
 from .cascade import KINDS, DiffusersCascade, scheduler_parts
-from .lowdiff import LowDiffUNet2D
+from .lowdiff import LowDiffDiT2D, LowDiffUNet2D
 
 PREFIX = "diffusers:"
 PIXEL_KINDS = ("unet",)  # the kinds `lowdiff-sched sample` writes images of; latent ones are sampled from Python
@@ -103,9 +104,17 @@ def build_model(class_name: str, config: dict[str, Any]) -> nn.Module:
     return cls.from_config(fields)
 
 
+def retrofit(net: nn.Module, scheduler: Any, levels: Sequence[int]) -> nn.Module:
+    """The LowDiff retrofit of a UNet2DModel or a DiTTransformer2DModel."""
+    kinds = {"UNet2DModel": LowDiffUNet2D, "DiTTransformer2DModel": LowDiffDiT2D}
+    if type(net).__name__ not in kinds:
+        raise ValueError(f"LowDiff retrofits {' and '.join(kinds)}, not {type(net).__name__}")
+    return kinds[type(net).__name__](net, scheduler, levels)
+
+
 class DiffusersBackbone(Backbone):
     name = "diffusers"
-    classes = (DiffusersCascade, LowDiffUNet2D)
+    classes = (DiffusersCascade, LowDiffUNet2D, LowDiffDiT2D)
     methods = ("lowdiff",)
 
     # ---- the model spec: the diffusers model's class and config, and its scheduler's config ----
@@ -113,7 +122,7 @@ class DiffusersBackbone(Backbone):
         network = {"class_name": type(model.net).__name__, "config": plain_config(model.net.config),
                    "scheduler": json.loads(json.dumps(model.scheduler_config, default=list))}
         levels = [lv.size[0] for lv in model.levels]
-        method = "lowdiff" if isinstance(model, LowDiffUNet2D) else "none" if len(levels) == 1 else "shared"
+        method = "lowdiff" if isinstance(model, (LowDiffUNet2D, LowDiffDiT2D)) else "none" if len(levels) == 1 else "shared"
         return SpecParts(network, levels, method, {})
 
     def build(self, parts: SpecParts) -> nn.Module:
@@ -124,14 +133,14 @@ class DiffusersBackbone(Backbone):
             raise ValueError(f'"method" of a diffusers model is none, shared or lowdiff with no "options", got {method!r:.40}')
         net = build_model(str(network["class_name"]), network["config"])
         if method == "lowdiff":
-            return LowDiffUNet2D(net, network["scheduler"], levels)
+            return retrofit(net, network["scheduler"], levels)
         return DiffusersCascade(net, network["scheduler"], levels)
 
     def summary(self, model: Any) -> str:
         _, config = scheduler_parts(model.scheduler_config)
         return f"{type(model.net).__name__} ({config.get('prediction_type', 'flow') if not model.flow else 'flow'} prediction)"
 
-    # ---- training: a LowDiff retrofit of a UNet2DModel, on its own DDPM loss -----------------
+    # ---- training: a LowDiff retrofit of a UNet2DModel or a DiT, on its own DDPM loss --------
     def claims(self, init: object) -> bool:
         return isinstance(init, str) and init.startswith(PREFIX)
 
@@ -163,7 +172,7 @@ class DiffusersBackbone(Backbone):
             return net  # the network itself, fine-tuned as it is
         if method != "lowdiff":
             raise ValueError(f"method {method!r}: diffusers models are retrofitted with lowdiff only")
-        return LowDiffUNet2D(net.net, net.scheduler_config, levels)
+        return retrofit(net.net, net.scheduler_config, levels)
 
     def loss(self, cascade: Any) -> str:
         if cascade.flow:
@@ -180,11 +189,15 @@ class DiffusersBackbone(Backbone):
                 "prediction_type": c.get("prediction_type", "epsilon")}
 
     def dataset(self, data: str, cascade: nn.Module, latent_stats: str | None = None) -> Any:
-        """An EDM-layout dataset (folder or zip of PNGs, dataset.json labels) or a named one."""
+        """Latents (.safetensors / .npz: latents [N, C, H, W], labels), as a latent DiT trains on,
+        else an EDM-layout dataset (folder or zip of PNGs, dataset.json labels) or a named one."""
         from ...datasets import dataset as named_dataset
         from ...datasets import is_named
         from ...datasets.images import ImageDataset
+        from ...datasets.latents import LatentDataset
 
+        if Path(data).suffix in (".safetensors", ".npz"):
+            return LatentDataset(data, None)
         return named_dataset(data) if is_named(data) else ImageDataset(data)
 
     # ---- for users -----------------------------------------------------------------------

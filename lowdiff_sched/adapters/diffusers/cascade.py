@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ...labels import class_ids
 from ...protocol import CascadeDefaults, Level, check_level_input, check_level_sizes
-from .denoisers import ddpm_denoiser, flow_denoiser
+from .denoisers import ddpm_denoiser, ddpm_sigmas, flow_denoiser
 
 # The diffusers model classes this adapter runs, and what kind of network each is.
 KINDS = {"UNet2DModel": "unet", "DiTTransformer2DModel": "dit", "SD3Transformer2DModel": "sd3",
@@ -40,7 +40,7 @@ def scheduler_parts(scheduler: Any) -> tuple[str, dict[str, Any]]:
     return type(scheduler).__name__, dict(found)
 
 
-def _size(value: Any) -> int:
+def square_size(value: Any) -> int:
     """A square size from a diffusers config's sample_size (an int, or an (H, W) pair of equal sides)."""
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or value[0] != value[1]:
@@ -75,7 +75,7 @@ class DiffusersCascade(nn.Module, CascadeDefaults):
                 raise ValueError("FluxTransformer2DModel has no size of its own: give levels (latent sizes, e.g. [64, 128])")
             native, factor, channels = int(list(levels)[-1]), 2, int(cfg.in_channels) // 4
         else:
-            native, channels = _size(cfg.sample_size), int(cfg.in_channels)
+            native, channels = square_size(cfg.sample_size), int(cfg.in_channels)
             factor = 2 ** (len(cfg.block_out_channels) - 1) if kind == "unet" else int(cfg.patch_size)
         sizes = check_level_sizes(levels if levels is not None else [native], native, multiple=factor)
         if kind == "dit" and len(sizes) > 1:
@@ -90,8 +90,15 @@ class DiffusersCascade(nn.Module, CascadeDefaults):
         self.levels = tuple(Level((r, r), channels) for r in sizes)
         self.label_dim = int((cfg.num_class_embeds if kind == "unet" else cfg.num_embeds_ada_norm if kind == "dit" else 0) or 0)
         self._takes = set(inspect.signature(net.forward).parameters) - {"img_ids", "txt_ids"}  # Flux's ids are made here
-        self._denoise = (flow_denoiser(self._network, config, fraction_timesteps=kind == "flux") if self.flow
-                         else ddpm_denoiser(self._network, config))
+        self._train_sigmas = None if self.flow else ddpm_sigmas(config)
+        self._denoiser()  # an unsupported schedule fails here, not at the first call
+
+    def _denoiser(self) -> Any:
+        """D(x, sigma, **extra) over this cascade's `_network`. Made per call, never stored: a
+        stored closure would keep calling the original after `copy.deepcopy` (an EMA copy)."""
+        if self.flow:
+            return flow_denoiser(self._network, self.scheduler_config, fraction_timesteps=self.kind == "flux")
+        return ddpm_denoiser(self._network, self.scheduler_config, self._train_sigmas)
 
     def image_seq_len(self, level: int) -> int:
         """Tokens the network sees at `level`: what a resolution-dependent time shift depends on."""
@@ -132,7 +139,7 @@ class DiffusersCascade(nn.Module, CascadeDefaults):
         if cond is not None:
             raise ValueError("a diffusers cascade is unconditional at every level: hand over with Continue or Renoise")
         dtype = next(self.net.parameters()).dtype
-        return self._denoise(x.to(dtype), sigma, **extra).to(x.dtype)
+        return self._denoiser()(x.to(dtype), sigma, **extra).to(x.dtype)
 
 
 def from_diffusers(model: nn.Module, scheduler: Any, levels: Sequence[int] | None = None) -> DiffusersCascade:

@@ -61,15 +61,16 @@ def sigma_to_timestep(sigma: Tensor, train_sigmas: Tensor, log: bool) -> Tensor:
     return low + w
 
 
-def ddpm_denoiser(network: Callable[..., Tensor], config: Mapping[str, Any]) -> Callable[..., Tensor]:
+def ddpm_denoiser(network: Callable[..., Tensor], config: Mapping[str, Any], train_sigmas: Tensor | None = None) -> Callable[..., Tensor]:
     """D(x, sigma, **extra) of a network `network(x_vp, timesteps, **extra)` trained on the
-    DDPM-family schedule `config` (a scheduler's config), for its prediction type."""
+    DDPM-family schedule `config` (a scheduler's config; `train_sigmas` its `ddpm_sigmas`, if
+    already computed), for its prediction type."""
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction_type {prediction!r} is not supported ({', '.join(PREDICTIONS)})")
     if config.get("timestep_type", "discrete") != "discrete":
         raise ValueError(f"timestep_type {config.get('timestep_type')!r} is not supported (discrete timesteps only)")
-    train_sigmas, log = ddpm_sigmas(config), uses_log_sigma_timesteps(config)
+    train_sigmas, log = ddpm_sigmas(config) if train_sigmas is None else train_sigmas, uses_log_sigma_timesteps(config)
 
     def denoise(x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
         sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])

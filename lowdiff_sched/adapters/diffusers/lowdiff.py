@@ -1,5 +1,6 @@
 """LowDiff's unified multi-resolution model ("LowDiff", Sec. 3.2) retrofitted onto a diffusers
-`UNet2DModel`: `LowDiffUNet2D(net, scheduler, levels)`.
+`UNet2DModel` (`LowDiffUNet2D(net, scheduler, levels)`) or `DiTTransformer2DModel`
+(`LowDiffDiT2D`, at the end).
 
 Every weight of the UNet is kept. Per level it adds an input conv taking the image and the
 upsampled condition, an output head, a one-hot level embedding and a condition-timestep
@@ -18,9 +19,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from ...protocol import check_condition, check_level_input, level_one_hot
-from .cascade import DiffusersCascade
-from .denoisers import ddpm_sigmas, sigma_to_timestep, uses_log_sigma_timesteps
+from ...protocol import Level, check_condition, check_level_input, check_level_sizes, level_one_hot
+from .cascade import DiffusersCascade, square_size
+from .denoisers import sigma_to_timestep, uses_log_sigma_timesteps
 
 
 @contextlib.contextmanager
@@ -34,11 +35,38 @@ def _no_upsampling(block: Any) -> Iterator[None]:
         block.upsamplers = upsamplers
 
 
-class LowDiffUNet2D(DiffusersCascade):
-    """A diffusers UNet2DModel with LowDiff's per-level layers; levels above 0 are conditioned
-    on the level below's hand-over."""
+class _Retrofit(DiffusersCascade):
+    """What both retrofits share: levels above 0 conditioned on the level below, the condition
+    scaled and its noise level turned into a timestep as the sample's are."""
 
     conditions_on_lower_level = True
+
+    def _condition_timesteps(self) -> None:
+        if self._train_sigmas is None:
+            raise ValueError("a LowDiff retrofit needs a DDPM-family schedule")
+        self._cond_sigmas: Tensor = self._train_sigmas
+        self._log = uses_log_sigma_timesteps(self.scheduler_config)
+
+    def denoise(self, x: Tensor, sigma: Tensor, *, level: int, cond: Tensor | None = None,
+                cond_sigma: Tensor | float | None = None, **extra: Any) -> Tensor:
+        level = check_level_input(self.levels, level, x)
+        check_condition(level, cond)
+        dtype = next(self.net.parameters()).dtype
+        inputs: dict[str, Any] = {"_level": level}
+        if cond is not None:
+            if tuple(cond.shape) != tuple(x.shape):
+                raise ValueError(f"cond must have x's shape {tuple(x.shape)} (the level below, upsampled), got {tuple(cond.shape)}")
+            if cond_sigma is None:
+                raise ValueError("cond_sigma (the condition's noise level) is required with cond")
+            c_sigma = torch.as_tensor(cond_sigma, device=x.device).reshape(-1).expand(x.shape[0])
+            inputs["_cond"] = (cond / (c_sigma.to(cond.dtype).view(-1, 1, 1, 1) ** 2 + 1) ** 0.5).to(dtype)
+            inputs["_cond_t"] = sigma_to_timestep(c_sigma, self._cond_sigmas, self._log).to(torch.float32)
+        return self._denoiser()(x.to(dtype), sigma, **extra, **inputs).to(x.dtype)
+
+
+class LowDiffUNet2D(_Retrofit):
+    """A diffusers UNet2DModel with LowDiff's per-level layers; levels above 0 are conditioned
+    on the level below's hand-over."""
 
     def __init__(self, net: Any, scheduler: Any, levels: Sequence[int]) -> None:
         super().__init__(net, scheduler, levels)
@@ -79,7 +107,7 @@ class LowDiffUNet2D(DiffusersCascade):
         self.cond_time_embed = nn.Linear(net.time_embedding.linear_1.in_features, time_dim, bias=False)
         nn.init.zeros_(self.level_embed.weight)
         nn.init.zeros_(self.cond_time_embed.weight)
-        self._train_sigmas, self._log = ddpm_sigmas(self.scheduler_config), uses_log_sigma_timesteps(self.scheduler_config)
+        self._condition_timesteps()
 
     def _network(self, x: Tensor, timesteps: Tensor, **extra: Any) -> Tensor:
         level, cond, cond_t = extra.pop("_level"), extra.pop("_cond", None), extra.pop("_cond_t", None)
@@ -117,18 +145,81 @@ class LowDiffUNet2D(DiffusersCascade):
             return net.conv_out(net.conv_act(net.conv_norm_out(h)))
         return self.heads[level](h)
 
-    def denoise(self, x: Tensor, sigma: Tensor, *, level: int, cond: Tensor | None = None,
-                cond_sigma: Tensor | float | None = None, **extra: Any) -> Tensor:
-        level = check_level_input(self.levels, level, x)
-        check_condition(level, cond)
-        dtype = next(self.net.parameters()).dtype
-        inputs: dict[str, Any] = {"_level": level}
-        if cond is not None:
-            if tuple(cond.shape) != tuple(x.shape):
-                raise ValueError(f"cond must have x's shape {tuple(x.shape)} (the level below, upsampled), got {tuple(cond.shape)}")
-            if cond_sigma is None:
-                raise ValueError("cond_sigma (the condition's noise level) is required with cond")
-            c_sigma = torch.as_tensor(cond_sigma, device=x.device).reshape(-1).expand(x.shape[0])
-            inputs["_cond"] = (cond / (c_sigma.to(cond.dtype).view(-1, 1, 1, 1) ** 2 + 1) ** 0.5).to(dtype)
-            inputs["_cond_t"] = sigma_to_timestep(c_sigma, self._train_sigmas, self._log).to(torch.float32)
-        return self._denoise(x.to(dtype), sigma, **extra, **inputs).to(x.dtype)
+
+class LowDiffDiT2D(_Retrofit):
+    """LowDiff on a diffusers DiTTransformer2DModel, in the manner of LowDiff's DiT variant:
+    per level a patch embedder with its own fixed sin-cos table (diffusers' PatchEmbed, the
+    condition's channels beside the image's) and an output projection; a level embedding and a
+    condition-timestep embedding added to every block's adaLN conditioning. The top level keeps
+    the network's own embedder and output, its condition entering through a conv that starts
+    at zero; the new embeddings start at zero too, so the top level is the original network."""
+
+    def __init__(self, net: Any, scheduler: Any, levels: Sequence[int]) -> None:
+        from diffusers.models.embeddings import PatchEmbed
+
+        if type(net).__name__ != "DiTTransformer2DModel":
+            raise ValueError(f"LowDiffDiT2D retrofits a DiTTransformer2DModel, got {type(net).__name__}")
+        sizes = [int(r) for r in levels]
+        super().__init__(net, scheduler, sizes[-1:])  # its own size, which the base accepts; the levels follow
+        if len(sizes) < 2:
+            raise ValueError(f"a LowDiff retrofit needs at least two levels, got {sizes}")
+        patch, channels, width = int(net.config.patch_size), self.levels[0].channels, int(net.inner_dim)
+        self.levels = tuple(Level((r, r), channels) for r in check_level_sizes(sizes, square_size(net.config.sample_size), multiple=patch))
+        self.embedders = nn.ModuleList()
+        self.outputs = nn.ModuleList()
+        for i, r in enumerate(sizes[:-1]):
+            self.embedders.append(PatchEmbed(height=r, width=r, patch_size=patch, in_channels=channels * (2 if i else 1),
+                                             embed_dim=width))
+            out = nn.Linear(width, patch * patch * int(net.out_channels))
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            self.outputs.append(out)
+        self.top_cond = nn.Conv2d(channels, width, patch, stride=patch, bias=False)
+        nn.init.zeros_(self.top_cond.weight)
+        time_channels = int(net.transformer_blocks[0].norm1.emb.time_proj.num_channels)
+        self.level_embed = nn.Linear(len(self.levels), width, bias=False)
+        self.cond_time_embed = nn.Linear(time_channels, width, bias=False)
+        nn.init.zeros_(self.level_embed.weight)
+        nn.init.zeros_(self.cond_time_embed.weight)
+        self._extra: Tensor | None = None  # what the hooks add to each block's conditioning, during a call
+        for block in net.transformer_blocks:
+            block.norm1.emb.register_forward_hook(self._add_level_conditioning)
+        self._condition_timesteps()
+
+    def _add_level_conditioning(self, module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+        return output if self._extra is None else output + self._extra.to(output.dtype)
+
+    def _network(self, x: Tensor, timesteps: Tensor, **extra: Any) -> Tensor:
+        level, cond, cond_t = extra.pop("_level"), extra.pop("_cond", None), extra.pop("_cond_t", None)
+        unknown = sorted(set(extra) - {"class_labels"})
+        if unknown:
+            raise ValueError(f"LowDiffDiT2D takes no {', '.join(unknown)} (extra_args it was given)")
+        net: Any = self.net
+        labels = None
+        if self.label_dim:
+            if extra.get("class_labels") is None:
+                raise ValueError(f"DiTTransformer2DModel is class-conditional ({self.label_dim} classes): give class_labels")
+            from ...labels import class_ids
+
+            labels = class_ids(extra["class_labels"], x.shape[0], self.label_dim, x.device)
+        top = level == len(self.levels) - 1
+        if top:
+            h = net.pos_embed(x) + (self.top_cond(cond).flatten(2).transpose(1, 2) if cond is not None else 0)
+        else:
+            h = self.embedders[level](torch.cat([x, cond], 1) if cond is not None else x)
+        self._extra = self.level_embed(level_one_hot(len(self.levels), level, x.device).to(x.dtype))
+        if cond_t is not None:
+            proj = net.transformer_blocks[0].norm1.emb.time_proj
+            self._extra = self._extra + self.cond_time_embed(proj(cond_t).to(x.dtype))
+        try:
+            for block in net.transformer_blocks:
+                h = block(h, timestep=timesteps, class_labels=labels)
+            conditioning = net.transformer_blocks[0].norm1.emb(timesteps, labels, hidden_dtype=h.dtype)
+        finally:
+            self._extra = None
+        shift, scale = net.proj_out_1(torch.nn.functional.silu(conditioning)).chunk(2, dim=1)
+        h = net.norm_out(h) * (1 + scale[:, None]) + shift[:, None]
+        h = net.proj_out_2(h) if top else self.outputs[level](h)
+        p, grid, out_channels = int(net.config.patch_size), x.shape[-1] // int(net.config.patch_size), int(net.out_channels)
+        h = h.reshape(-1, grid, grid, p, p, out_channels).permute(0, 5, 1, 3, 2, 4).reshape(-1, out_channels, grid * p, grid * p)
+        return h[:, : x.shape[1]] if out_channels == 2 * x.shape[1] else h
