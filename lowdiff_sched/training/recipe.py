@@ -41,16 +41,19 @@ class TrainedRun(NamedTuple):
 class TrainRecipe:
     """A training run as data: what `lowdiff-sched train --config FILE` reads.
 
-    `init` is the network to start from: an EDM pickle or lowdiff-sched checkpoint, a training
-    run (its EMA network), a shipped model name (e.g. "mnist-base"), or {"class_name",
-    "init_kwargs"} for a fresh EDM network seeded with the run's seed. With `model` (a DiT size:
-    dit-s1, dit-b1, dit-xl1) a LightningDiT trains on latents, fresh or from the checkpoint or
-    run in `init`. `data` is an EDM dataset (folder/zip of PNGs) or a named one ("mnist:train"),
-    or with `model` a latent file normalised with `latent_stats`. `levels` are the sizes low ->
-    high (default: EDM 8,16,32; DiT half and full latent size), `method` lowdiff, c2f or distill,
-    `out` the run folder. `train` holds TrainConfig fields; a file may also give batch, steps,
-    lr, ema (ema_halflife_kimg), loss, checkpoint_every, seed, mixed_precision and log at its top
-    level. label_dim, alternate_levels and distill are not set here: build() derives them.
+    `backbone` names the backbone that trains (`backbones.Backbone`); without it, the one that
+    builds the architecture `model` names (a DiT size: dit-s1, dit-b1, dit-xl1), else one that
+    claims `init` ("diffusers:DIR"), else EDM. Everything backbone-specific is its record's:
+    what `init` may be (EDM: a pickle or lowdiff-sched checkpoint, a training run's EMA network,
+    a shipped model name such as "mnist-base", or {"class_name", "init_kwargs"} for a fresh
+    network seeded with the run's seed; DiT: a LightningDiT checkpoint or run, or nothing for a
+    fresh `model`; diffusers: a save_pretrained folder), what `data` is (images: an EDM dataset,
+    folder or zip of PNGs, or a named one such as "mnist:train"; latents, normalised with
+    `latent_stats`), the default `levels` (sizes low -> high), the `method`s (lowdiff, c2f,
+    distill) and the loss. `out` is the run folder. `train` holds TrainConfig fields; a file may
+    also give batch, steps, lr, ema (ema_halflife_kimg), loss, checkpoint_every, seed,
+    mixed_precision and log at its top level. label_dim, alternate_levels and distill are not
+    set here: build() derives them.
     None (or a field missing from `train`) means the library default, TrainConfig's for training.
 
     Precedence, one rule: library defaults < the file < the command line. `with_options` applies
