@@ -327,9 +327,7 @@ def ref_stats(
     with user_errors():
         import torch
 
-        from lowdiff_sched.datasets import dataset as named_dataset
-        from lowdiff_sched.datasets import is_named
-        from lowdiff_sched.datasets.images import ImageDataset
+        from lowdiff_sched.datasets import image_dataset
         from lowdiff_sched.devices import check_device
         from lowdiff_sched.inception import load_inception, reference_stats, weights_path
         from lowdiff_sched.outputs import check_new_file
@@ -341,7 +339,7 @@ def ref_stats(
             raise UsageError(f"--batch must be a positive int, got {batch}")
         if n is not None and n < 2:
             raise UsageError(f"--n must be at least 2, got {n}")
-        full = named_dataset(data) if is_named(data) else ImageDataset(data)
+        full = image_dataset(data)
         images = full if n is None else torch.utils.data.Subset(full, range(min(n, len(full))))
         loader = torch.utils.data.DataLoader(images, batch_size=batch, shuffle=False)
         stats = reference_stats(load_inception(inception_weights, device), (x for x, _ in loader),

@@ -53,4 +53,11 @@ def is_named(text: str) -> bool:
     return text.partition(":")[0] in NAMED
 
 
-__all__ = ["MNIST", "NAMED", "dataset", "emoji_dir", "emoji_split", "is_named"]
+def image_dataset(data: str) -> MNIST | ImageDataset:
+    """Images `data` names: a named dataset ("mnist:train") or an EDM-layout folder or zip of PNGs."""
+    from .images import ImageDataset
+
+    return dataset(data) if is_named(data) else ImageDataset(data)
+
+
+__all__ = ["MNIST", "NAMED", "dataset", "emoji_dir", "emoji_split", "image_dataset", "is_named"]

@@ -191,14 +191,12 @@ class DiffusersBackbone(Backbone):
     def dataset(self, data: str, cascade: nn.Module, latent_stats: str | None = None) -> Any:
         """Latents (.safetensors / .npz: latents [N, C, H, W], labels), as a latent DiT trains on,
         else an EDM-layout dataset (folder or zip of PNGs, dataset.json labels) or a named one."""
-        from ...datasets import dataset as named_dataset
-        from ...datasets import is_named
-        from ...datasets.images import ImageDataset
+        from ...datasets import image_dataset
         from ...datasets.latents import LatentDataset
 
         if Path(data).suffix in (".safetensors", ".npz"):
             return LatentDataset(data, None)
-        return named_dataset(data) if is_named(data) else ImageDataset(data)
+        return image_dataset(data)
 
     # ---- for users -----------------------------------------------------------------------
     def model_named(self, name: str) -> Any:

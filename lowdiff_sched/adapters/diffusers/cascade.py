@@ -105,15 +105,22 @@ class DiffusersCascade(nn.Module, CascadeDefaults):
         size = self.levels[level].size[0]
         return (size // self.patch) ** 2
 
+    def _class_ids(self, extra: dict[str, Any], x: Tensor) -> Tensor | None:
+        """The batch's class ids from extra_args' class_labels (ids or one-hot rows), required
+        by a class-conditional model; None for an unconditional one."""
+        if not self.label_dim:
+            return None
+        if extra.get("class_labels") is None:
+            raise ValueError(f"{type(self.net).__name__} is class-conditional ({self.label_dim} classes): give class_labels")
+        return class_ids(extra["class_labels"], x.shape[0], self.label_dim, x.device)
+
     def _network(self, x: Tensor, timesteps: Tensor, **extra: Any) -> Tensor:
         """The model's output (its prediction) for inputs already scaled to its schedule."""
         unknown = sorted(set(extra) - self._takes)
         if unknown:
             raise ValueError(f"{type(self.net).__name__} takes no {', '.join(unknown)} (extra_args it was given)")
         if self.label_dim:
-            if extra.get("class_labels") is None:
-                raise ValueError(f"{type(self.net).__name__} is class-conditional ({self.label_dim} classes): give class_labels")
-            extra["class_labels"] = class_ids(extra["class_labels"], x.shape[0], self.label_dim, x.device)
+            extra["class_labels"] = self._class_ids(extra, x)
         if self.kind == "flux":
             return self._flux(x, timesteps, **extra)
         out = self.net(x, timestep=timesteps, return_dict=False, **extra)[0]

@@ -14,7 +14,7 @@ is the original network.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -41,11 +41,14 @@ class _Retrofit(DiffusersCascade):
 
     conditions_on_lower_level = True
 
-    def _condition_timesteps(self) -> None:
-        if self._train_sigmas is None:
-            raise ValueError("a LowDiff retrofit needs a DDPM-family schedule")
-        self._cond_sigmas: Tensor = self._train_sigmas
-        self._log = uses_log_sigma_timesteps(self.scheduler_config)
+    def _inputs(self, extra: dict[str, Any], x: Tensor) -> tuple[int, Tensor | None, Tensor | None, Tensor | None]:
+        """(level, scaled condition, condition timesteps, class ids) of a call: what `denoise`
+        put in extra_args for `_network`, after refusing inputs the retrofit does not take."""
+        level, cond, cond_t = extra.pop("_level"), extra.pop("_cond", None), extra.pop("_cond_t", None)
+        unknown = sorted(set(extra) - {"class_labels"})
+        if unknown:
+            raise ValueError(f"{type(self).__name__} takes no {', '.join(unknown)} (extra_args it was given)")
+        return level, cond, cond_t, self._class_ids(extra, x)
 
     def denoise(self, x: Tensor, sigma: Tensor, *, level: int, cond: Tensor | None = None,
                 cond_sigma: Tensor | float | None = None, **extra: Any) -> Tensor:
@@ -60,7 +63,8 @@ class _Retrofit(DiffusersCascade):
                 raise ValueError("cond_sigma (the condition's noise level) is required with cond")
             c_sigma = torch.as_tensor(cond_sigma, device=x.device).reshape(-1).expand(x.shape[0])
             inputs["_cond"] = (cond / (c_sigma.to(cond.dtype).view(-1, 1, 1, 1) ** 2 + 1) ** 0.5).to(dtype)
-            inputs["_cond_t"] = sigma_to_timestep(c_sigma, self._cond_sigmas, self._log).to(torch.float32)
+            table = cast(Tensor, self._train_sigmas)  # a retrofit's schedule is DDPM-family (checked when built)
+            inputs["_cond_t"] = sigma_to_timestep(c_sigma, table, uses_log_sigma_timesteps(self.scheduler_config)).to(torch.float32)
         return self._denoiser()(x.to(dtype), sigma, **extra, **inputs).to(x.dtype)
 
 
@@ -107,22 +111,14 @@ class LowDiffUNet2D(_Retrofit):
         self.cond_time_embed = nn.Linear(net.time_embedding.linear_1.in_features, time_dim, bias=False)
         nn.init.zeros_(self.level_embed.weight)
         nn.init.zeros_(self.cond_time_embed.weight)
-        self._condition_timesteps()
 
     def _network(self, x: Tensor, timesteps: Tensor, **extra: Any) -> Tensor:
-        level, cond, cond_t = extra.pop("_level"), extra.pop("_cond", None), extra.pop("_cond_t", None)
-        unknown = sorted(set(extra) - {"class_labels"})
-        if unknown:
-            raise ValueError(f"LowDiffUNet2D takes no {', '.join(unknown)} (extra_args it was given)")
+        level, cond, cond_t, labels = self._inputs(extra, x)
         net: Any = self.net
         d = self.depths[level]
         emb = net.time_embedding(net.time_proj(timesteps).to(x.dtype))
-        if self.label_dim:
-            if extra.get("class_labels") is None:
-                raise ValueError(f"UNet2DModel is class-conditional ({self.label_dim} classes): give class_labels")
-            from ...labels import class_ids
-
-            emb = emb + net.class_embedding(class_ids(extra["class_labels"], x.shape[0], self.label_dim, x.device)).to(x.dtype)
+        if labels is not None:
+            emb = emb + net.class_embedding(labels).to(x.dtype)
         emb = emb + self.level_embed(level_one_hot(len(self.levels), level, x.device).to(x.dtype))
         if cond_t is not None:
             emb = emb + self.cond_time_embed(net.time_proj(cond_t).to(x.dtype))
@@ -184,24 +180,13 @@ class LowDiffDiT2D(_Retrofit):
         self._extra: Tensor | None = None  # what the hooks add to each block's conditioning, during a call
         for block in net.transformer_blocks:
             block.norm1.emb.register_forward_hook(self._add_level_conditioning)
-        self._condition_timesteps()
 
     def _add_level_conditioning(self, module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
         return output if self._extra is None else output + self._extra.to(output.dtype)
 
     def _network(self, x: Tensor, timesteps: Tensor, **extra: Any) -> Tensor:
-        level, cond, cond_t = extra.pop("_level"), extra.pop("_cond", None), extra.pop("_cond_t", None)
-        unknown = sorted(set(extra) - {"class_labels"})
-        if unknown:
-            raise ValueError(f"LowDiffDiT2D takes no {', '.join(unknown)} (extra_args it was given)")
+        level, cond, cond_t, labels = self._inputs(extra, x)
         net: Any = self.net
-        labels = None
-        if self.label_dim:
-            if extra.get("class_labels") is None:
-                raise ValueError(f"DiTTransformer2DModel is class-conditional ({self.label_dim} classes): give class_labels")
-            from ...labels import class_ids
-
-            labels = class_ids(extra["class_labels"], x.shape[0], self.label_dim, x.device)
         top = level == len(self.levels) - 1
         if top:
             h = net.pos_embed(x) + (self.top_cond(cond).flatten(2).transpose(1, 2) if cond is not None else 0)

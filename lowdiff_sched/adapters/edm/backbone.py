@@ -119,11 +119,9 @@ class EDMBackbone(Backbone):
 
     def dataset(self, data: str, cascade: nn.Module, latent_stats: str | None = None) -> Any:
         """An EDM dataset (folder or zip of PNGs, dataset.json labels) or a named one (mnist:train)."""
-        from ...datasets import dataset as named_dataset
-        from ...datasets import is_named
-        from ...datasets.images import ImageDataset
+        from ...datasets import image_dataset
 
-        return named_dataset(data) if is_named(data) else ImageDataset(data)
+        return image_dataset(data)
 
     # ---- for users -----------------------------------------------------------------------
     def inspect(self, path: Path, levels: Sequence[int] | None) -> nn.Module:
