@@ -193,15 +193,29 @@ def plan_suffix(stages: Sequence[StagePlan]) -> str:
     return f"-top{stages[-1].steps}" if isinstance(stages[-1].transition, Condition) else ""
 
 
+def split_schedule(sigmas: torch.Tensor, splits: Sequence[int], levels: Sequence[int], factors: Sequence[int],
+                   sampler: str, kwargs: dict[str, Any] | None = None,
+                   hand_over: type[Continue] | type[Renoise] = Continue) -> list[StagePlan]:
+    """One schedule s_0 > ... > s_n cut at `splits` (k1 < k2 < ...): stage i runs its piece
+    divided by factors[i] at levels[i] (its pixels are factors[i] times larger, so its noise is
+    that much smaller), and each later stage takes over with `hand_over`."""
+    if not (len(levels) == len(factors) == len(splits) + 1):
+        raise ValueError(f"split_schedule: {len(splits)} split(s) need {len(splits) + 1} levels and factors, "
+                         f"got {len(levels)} and {len(factors)}")
+    cuts = [0, *splits, len(sigmas) - 1]
+    if any(b <= a for a, b in zip(cuts, cuts[1:])):
+        raise ValueError(f"split_schedule: splits {list(splits)} must increase strictly within 1..{len(sigmas) - 2}")
+    return [StagePlan(level, sigmas[a:b + 1] / f, sampler, kwargs or {}, transition=hand_over() if i else None)
+            for i, (level, f, a, b) in enumerate(zip(levels, factors, cuts, cuts[1:]))]
+
+
 def _split(kind: str, sigmas: torch.Tensor, splits: Sequence[int], factors: Sequence[int], chain: Sequence[int], top: int,
            sampler: str, kwargs: dict[str, Any], rho: float) -> Iterator[list[StagePlan]]:
     """The stages of one cascade: `sigmas` cut at `splits`, stage i at level chain[i] (the top last)."""
     try:
         if kind in ("continue", "renoise"):
-            hand_over = Continue if kind == "continue" else Renoise
-            cuts = [0, *splits, len(sigmas) - 1]
-            yield [StagePlan(level, sigmas[a:b + 1] / f, sampler, kwargs, transition=hand_over() if i else None)
-                   for i, (level, f, a, b) in enumerate(zip((*chain, top), (*factors, 1), cuts, cuts[1:]))]
+            yield split_schedule(sigmas, splits, (*chain, top), (*factors, 1), sampler, kwargs,
+                                 Continue if kind == "continue" else Renoise)
         else:
             (k,) = splits
             head = StagePlan(chain[0], sigmas[: k + 1], sampler, kwargs)

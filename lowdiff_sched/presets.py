@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch import Tensor
 
 from .plan import CascadePlan, StagePlan
+from .plan_space import split_schedule
 from .schedules import flow_sigmas, karras_sigmas, truncate_steps
 from .transitions import Condition, Continue, Renoise
 
@@ -65,11 +66,14 @@ def _continue_2stage(name: str) -> CascadePlan:
     return CascadePlan([low, replace(top, transition=Continue())], name=name)
 
 
-def _continue_split(sigmas: Tensor, k: int, sampler: str, name: str) -> CascadePlan:
-    """A single-resolution schedule whose first k steps run one level down (sigmas halved),
-    then continue exactly on the top level: one trajectory, its early steps on a coarser grid."""
-    return CascadePlan([StagePlan(-2, sigmas[: k + 1] / 2, sampler),
-                        StagePlan(-1, sigmas[k:], sampler, transition=Continue())], name=name)
+def _continue_split(sigmas: Tensor, splits: Sequence[int], sampler: str, name: str) -> CascadePlan:
+    """A single-resolution schedule cut at `splits` (k1 < k2 < ...): its first k1 steps run
+    len(splits) levels down, each next piece one level higher (sigmas divided by each level's
+    factor below the top, 2 per level), and every hand-over is exact (`Continue`): one
+    trajectory, its early steps on coarser grids."""
+    depth = len(splits)
+    return CascadePlan(split_schedule(sigmas, splits, range(-depth - 1, 0), [2**d for d in range(depth, -1, -1)], sampler),
+                       name=name)
 
 
 def _lowdiff(stages: list[StagePlan], name: str) -> CascadePlan:
@@ -139,12 +143,16 @@ _PRESETS = [
     Preset(
         "mnist-fast", "the cascade on the shipped mnist-fast model (its top level is mnist-base): mnist-base-dpmpp2m-5's "
         "schedule with its first step at 16x16 (sigma halved), handed over exactly (Continue) with DPM++ 2M's history", (1, 4),
-        lambda: _continue_split(karras_sigmas(5, *EDM_RANGE).double(), 1, "dpmpp_2m", "mnist-fast"),
+        lambda: _continue_split(karras_sigmas(5, *EDM_RANGE).double(), [1], "dpmpp_2m", "mnist-fast"),
     ),
     Preset(
         "mnist-base-dpmpp2m-5", "the strongest single-resolution baseline on mnist-base found by `lowdiff-sched search` "
         "(docs/benchmarks.md): DPM++ 2M, 5 Karras steps over (0.002, 80), 5 NFE", (5,),
         lambda: CascadePlan([StagePlan(-1, karras_sigmas(5, *EDM_RANGE), "dpmpp_2m")], name="mnist-base-dpmpp2m-5"),
+    ),
+    Preset(
+        "emoji-base-35", "EDM's sampler on the shipped 64x64 emoji-base: 18 Heun steps, 35 NFE", (35,),
+        lambda: CascadePlan([_heun_full(35, EDM_RANGE, -1)], name="emoji-base-35"),
     ),
     Preset(
         "imagenet256-dit-b1", "LowDiff LightningDiT-B/1, latent levels 8/16, Euler, shift 0.3", (45, 50),

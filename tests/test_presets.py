@@ -25,7 +25,7 @@ def cascade_for(name: str, n_levels: int) -> list[Level]:
     """Levels doubling up to the preset's final size: pixels for EDM, 32-channel latents for DiT."""
     if name.startswith("imagenet256"):
         top, channels = 16, 32
-    elif name.startswith("ffhq64"):
+    elif name.startswith(("ffhq64", "emoji")):
         top, channels = 64, 3
     elif name.startswith("mnist"):
         top, channels = 32, 1

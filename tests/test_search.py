@@ -31,6 +31,7 @@ from lowdiff_sched.plan_space import (
     candidates,
     cascades,
     single_resolution,
+    split_schedule,
 )
 from lowdiff_sched.protocol import Level, hand_overs_of
 from lowdiff_sched.resample import upsample
@@ -189,6 +190,35 @@ def test_three_stage_continue_plans_of_the_search_are_one_unbroken_run():
         whole = CascadePlan([StagePlan(2, s, "dpmpp_2m")])
         assert torch.equal(sample_cascade(cascade, c.plan, seeds=seeds, disable=True),
                            sample_cascade(cascade, whole, seeds=seeds, disable=True)), c.name
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(3, 20), st.data(), st.sampled_from([Continue, Renoise]))
+def test_split_schedule_cuts_one_schedule_into_scaled_pieces(n, data, hand_over):
+    """Each piece, times its level's factor, is the schedule between its cuts; neighbours
+    share the sigma of their cut; only the later stages carry the hand-over."""
+    depth = data.draw(st.integers(1, min(3, n - 1)))
+    splits = sorted(data.draw(st.sets(st.integers(1, n - 1), min_size=depth, max_size=depth)))
+    s = karras_sigmas(n, 0.002, 80.0).double()
+    levels, factors = list(range(-depth - 1, 0)), [2**d for d in range(depth, -1, -1)]
+    stages = split_schedule(s, splits, levels, factors, "dpmpp_2m", hand_over=hand_over)
+    cuts = [0, *splits, n]
+    for stage, level, f, a, b in zip(stages, levels, factors, cuts, cuts[1:]):
+        assert stage.level == level and stage.sampler == "dpmpp_2m"
+        assert torch.equal(stage.sigmas * f, s[a:b + 1])
+    assert stages[0].transition is None and all(isinstance(x.transition, hand_over) for x in stages[1:])
+
+
+@pytest.mark.parametrize("splits, levels, factors, message", [
+    ([2, 2], [-3, -2, -1], [4, 2, 1], "must increase strictly"),
+    ([3, 1], [-3, -2, -1], [4, 2, 1], "must increase strictly"),
+    ([0], [-2, -1], [2, 1], "must increase strictly"),
+    ([5], [-2, -1], [2, 1], "must increase strictly"),
+    ([2], [-3, -2, -1], [4, 2, 1], "1 split(s) need 2 levels"),
+])
+def test_split_schedule_rejects_bad_cuts(splits, levels, factors, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        split_schedule(karras_sigmas(5, 0.002, 80.0).double(), splits, levels, factors, "euler")
 
 
 def float64_karras(n: int) -> torch.Tensor:
