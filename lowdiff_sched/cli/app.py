@@ -253,7 +253,8 @@ def eval_command(
     progress: bool = typer.Option(True, help="Show a progress bar with an ETA."),
 ) -> None:
     """Quality and cost of a model under a plan: the model's own metrics (FD-MNIST and class
-    accuracy for the MNIST models, the exact FD for gaussian-field) or, with --ref, FID, IS,
+    accuracy for the MNIST models, FD-emoji, KID, pyramid SWD and accuracy for the emoji
+    models, the exact FD for gaussian-field) or, with --ref, FID, IS,
     KID and precision/recall; seconds per 64 samples, NFE and effective NFE.
 
     Example: lowdiff-sched eval --model mnist-lowdiff --plan mnist-3stage --n 2000 --csv results.csv

@@ -154,5 +154,21 @@ class EDMBackbone(Backbone):
         ):
             yield ModelSpec(name, about, shipped(name), default_plan=plan, judge=digits)
 
+        def emoji(cascade: Any) -> Any:
+            from ...judges import EmojiJudge
+
+            return EmojiJudge()
+
+        for name, plan, about in (
+            # emoji-fast's preset comes from the plan search on it (docs/benchmarks.md, 64x64 emoji): until then, --plan
+            ("emoji-fast", "",
+             "a LevelStack on 64x64 emoji (Noto and Twemoji artwork): emoji-base, unchanged, on top and copies of it at "
+             "16x16 and 32x32 distilled from emoji-base's own predictions for Continue hand-overs (shipped weights, 9 categories)"),
+            ("emoji-base", "emoji-base-35",
+             "single-resolution 64x64 SongUNet trained from scratch on emoji artwork (Noto and Twemoji, 9 Unicode "
+             "categories; shipped weights)"),
+        ):
+            yield ModelSpec(name, about, shipped(name), default_plan=plan, judge=emoji)
+
 
 EDM = EDMBackbone()
