@@ -14,6 +14,9 @@ level run alone". Plans are presets or plan JSON files (e.g. from `lowdiff-sched
   resampled for both rows, so what the rows share cancels).
 - Time: each plan samples all n seeds once per round; rounds alternate the order of the plans;
   the median over rounds is reported, and speed-ups are ratios of medians within this run.
+- FLOPs: torch's FLOP counter per model call at each level, times each stage's NFE; the FLOP
+  ratio is the baseline's FLOPs over the row's (the speed-up a machine bound by arithmetic
+  alone would see).
 
     python bench/cascade_vs_baseline.py --model mnist-fast --plan mnist-fast --base mnist-base --baseline mnist-base-dpmpp2m-5 [--n 1000] [--rounds 3]
 """
@@ -28,11 +31,14 @@ import time
 import torch
 
 from lowdiff_sched import presets
-from lowdiff_sched.judges import class_labels_of, paired_difference, score
+from lowdiff_sched.cost import level_costs
+from lowdiff_sched.datasets import dataset
+from lowdiff_sched.judges import EmojiJudge, EmojiReference, class_labels_of, paired_difference, score
 from lowdiff_sched.models import load_model, model_spec
 from lowdiff_sched.protocol import label_dim_of
 from lowdiff_sched.labels import class_label_args
 from lowdiff_sched.sampling import sample_cascade
+from lowdiff_sched.search import plan_cost
 
 SEED0 = 1_000_000  # held-out seeds, as the plan search judges on
 
@@ -48,6 +54,10 @@ def main() -> None:
     parser.add_argument("--baseline", default="mnist-base-dpmpp2m-5", help="the single-resolution plan to beat (on --base)")
     parser.add_argument("--others", default="mnist-base-35", help="more rows, comma-separated: single-resolution plans run on --base, cascades on --model")
     parser.add_argument("--metrics", default=None, help="judge metrics to show, comma-separated [the judge's primary metric and accuracy]")
+    parser.add_argument("--seed0", type=int, default=SEED0, help="first seed; a claim checked after a plan search uses seeds it did not (e.g. 2000000)")
+    parser.add_argument("--reference", choices=("judge", "heldout"), default="judge",
+                        help="emoji models: score against the judge's shipped train-split reference, or against one built from the held-out "
+                             "split (a judge the plan search did not use; needs `lowdiff-sched data emoji`)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -55,9 +65,11 @@ def main() -> None:
 
     fast, base = load_model(args.model, device), load_model(args.base, device)
     judge = model_spec(args.base).judge(base)
+    if args.reference == "heldout":
+        judge = heldout_judge(judge)
     metrics = args.metrics.split(",") if args.metrics else [judge.primary, "accuracy"]
     classes = label_dim_of(base)
-    seeds = list(range(SEED0, SEED0 + args.n))
+    seeds = list(range(args.seed0, args.seed0 + args.n))
     labels = class_labels_of(seeds, classes)
     extra = class_label_args(labels.tolist(), classes, device) if classes else None
     plans = {name: presets.load_plan(name) for name in [args.plan, args.baseline, *(p for p in args.others.split(",") if p)]}
@@ -82,11 +94,15 @@ def main() -> None:
         times[name] = [time.perf_counter() - start]
 
     seconds = {name: statistics.median(t) for name, t in times.items()}
+    level_flops = {id(m): level_costs(m, "flops") for m in (fast, base)}
+    flops = {name: plan_cost(plans[name], level_flops[id(model)], len(model.levels)) for name, model in rows}
+    reference = "every held-out image" if args.reference == "heldout" else "the judge's own"
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device {device}, n = {args.n} held-out seeds (from {SEED0}), batch {args.batch}, {args.rounds} rounds")
+          f"device {device}, n = {args.n} seeds (from {args.seed0}), batch {args.batch}, {args.rounds} rounds, "
+          f"reference: {reference}")
     print("| model | plan | NFE per stage | " + " | ".join(f"{m} [95%] | {m} - baseline [95%]" for m in metrics)
-          + f" | s per {args.n} | speed-up vs `{args.baseline}` |")
-    print("|---|---|---|" + "---|---|" * len(metrics) + "---|---|")
+          + f" | s per {args.n} | speed-up vs `{args.baseline}` | MFLOP per sample | FLOP ratio |")
+    print("|---|---|---|" + "---|---|" * len(metrics) + "---|---|---|---|")
     for name, model in rows:
         s = score(judge, samples[name], labels)
         d = paired_difference(judge, samples[name], samples[args.baseline], labels)
@@ -94,8 +110,19 @@ def main() -> None:
         cells = [f"{_fmt(m, s[m].value)} [{_fmt(m, s[m].lo)}, {_fmt(m, s[m].hi)}] | "
                  f"{_fmt(m, d[m].value, True)} [{_fmt(m, d[m].lo, True)}, {_fmt(m, d[m].hi, True)}]" for m in metrics]
         print(f"| {args.model if model is fast else args.base} | `{plans[name].name or name}` | {' + '.join(map(str, plans[name].nfe()))} "
-              f"| {' | '.join(cells)} | {timed} | {seconds[args.baseline] / seconds[name]:.2f}x |")
+              f"| {' | '.join(cells)} | {timed} | {seconds[args.baseline] / seconds[name]:.2f}x | {flops[name] / 1e6:,.0f} "
+              f"| {flops[args.baseline] / flops[name]:.2f}x |")
     print("rounds (s): " + "; ".join(f"{k}: {', '.join(f'{t:.2f}' for t in v)}" for k, v in times.items()))
+
+
+def heldout_judge(judge: EmojiJudge) -> EmojiJudge:
+    """The same classifier and measures against every held-out emoji image (no train image, and
+    not the images nor the patch draws the plan search was judged against)."""
+    if not isinstance(judge, EmojiJudge):
+        raise SystemExit(f"--reference heldout is for the emoji models; this model's judge is {type(judge).__name__}")
+    data = dataset("emoji:heldout")
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    return EmojiJudge(judge.classifier, EmojiReference.of(judge.classifier, images, kid_count=len(images), seed=1))
 
 
 def _fmt(metric: str, value: float, signed: bool = False) -> str:
