@@ -3,8 +3,9 @@ batch, score each batch's features with a judge (`judges.Judge`) as it is made, 
 the judge's metrics with the sampling time and the plan's NFE.
 
 The judge is the model's own (FD-MNIST and class accuracy for the MNIST models, FD-emoji, KID,
-the pyramid SWD bands and accuracy for the emoji models, the exact FD for the Gaussian oracle) or `inception.InceptionJudge` (FID, IS, KID, precision/recall)
-against reference statistics. Only features are kept, never the images. Under torchrun the
+the pyramid SWD bands and accuracy for the emoji models, the exact FD for the Gaussian
+oracle) or `inception.InceptionJudge` (FID, IS, KID, precision/recall) against reference
+statistics. Only features are kept, never the images. Under torchrun the
 batches are dealt over the processes as `sample` deals them and the features gathered in
 batch order, so N processes give the numbers one process gives. A class-conditional
 model's seed s gets class s mod the class count (`labels.seed_labels`).

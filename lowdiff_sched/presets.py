@@ -81,9 +81,9 @@ def _lowdiff(stages: list[StagePlan], name: str) -> CascadePlan:
     return CascadePlan([stages[0], *(replace(s, transition=Condition()) for s in stages[1:])], name=name)
 
 
-def _edm_baseline(nfe: int) -> CascadePlan:
-    """EDM's Heun sampler on the top level with `nfe` evaluations (mnist-base-NFE)."""
-    return CascadePlan([_heun_full(nfe, EDM_RANGE, -1)], name=f"mnist-base-{nfe}")
+def _edm_baseline(nfe: int, model: str = "mnist-base") -> CascadePlan:
+    """EDM's Heun sampler on the top level with `nfe` evaluations (MODEL-NFE)."""
+    return CascadePlan([_heun_full(nfe, EDM_RANGE, -1)], name=f"{model}-{nfe}")
 
 
 _PRESETS = [
@@ -152,7 +152,7 @@ _PRESETS = [
     ),
     Preset(
         "emoji-base-35", "EDM's sampler on the shipped 64x64 emoji-base: 18 Heun steps, 35 NFE", (35,),
-        lambda: CascadePlan([_heun_full(35, EDM_RANGE, -1)], name="emoji-base-35"),
+        partial(_edm_baseline, 35, "emoji-base"),
     ),
     Preset(
         "imagenet256-dit-b1", "LowDiff LightningDiT-B/1, latent levels 8/16, Euler, shift 0.3", (45, 50),
