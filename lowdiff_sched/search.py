@@ -19,6 +19,7 @@ resumes where it was; `budget_seconds` bounds a run. Results depend only on the 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import hashlib
 import io
 import json
@@ -344,6 +345,7 @@ def search_plans(
     budget_seconds: float | None = None,
     batch_size: int = 64,
     judge_all: bool = False,
+    judge_also: Sequence[str] = (),
     bootstrap: int = 200,
     cost_unit: str = "s",
     out_dir: str | Path | None = None,
@@ -359,6 +361,9 @@ def search_plans(
     search of the same model (`model` names it, `model_fingerprint` identifies its weights)
     with the same settings resumes from what it measured before; `budget_seconds` stops
     measuring (first pass, then judging) once spent, and what was measured is returned.
+    `judge_also` (shell-style patterns on plan names) adds plans to the judged ones: a
+    family's RMSE front favours plans with many top-level steps, since those dominate the
+    distance to the reference, while the judge may prefer ones that move more steps down.
     """
     space = space or SearchSpace()
     n_levels = len(cascade.levels)
@@ -402,6 +407,10 @@ def search_plans(
         except ValueError:
             continue
         pool.append(c)
+    unmatched = [p for p in judge_also if not any(fnmatch.fnmatchcase(c.name, p) for c in pool)]
+    if unmatched:
+        raise ValueError(f"judge_also: {unmatched} match(es) no candidate of this search (names look like "
+                         f"{pool[-1].name!r})")
     cost = {c.name: plan_cost(c.plan, level_costs, n_levels) for c in pool}
     pool.sort(key=lambda c: (cost[c.name], c.name))
     reserve = 0.4 if judge is not None else 0.0  # share of the budget kept for judging
@@ -427,6 +436,8 @@ def search_plans(
             for r in measured:
                 by_family.setdefault(r.family, []).append(r)
             chosen = [r for rs in by_family.values() for r in pareto_front(rs, "rmse")]
+            names = {r.name for r in chosen}
+            chosen += [r for r in measured if r.name not in names and any(fnmatch.fnmatchcase(r.name, p) for p in judge_also)]
         for r in sorted(chosen, key=lambda r: (r.cost, r.name)):
             if r.scores:
                 continue

@@ -631,6 +631,29 @@ def test_search_resumes_without_measuring_again(searched):
     assert len(counting.calls) <= REFERENCE_NFE and set(counting.calls) <= {(1, SETTINGS["n_calib"])}
 
 
+def test_judge_also_judges_the_named_plans_off_the_front(searched, tmp_path):
+    """Resumed with `judge_also`, a search judges exactly the plans matching the patterns that
+    were not judged yet, sampling only those on the held-out seeds, and leaves the rest as they
+    were; a pattern that matches no candidate is refused before anything is sampled."""
+    out, first = searched
+    folder = tmp_path / "again"
+    shutil.copytree(out, folder)
+    pattern = "continue-dpmpp_2m-8-k*"
+    before = {r.name: r for r in first.results}
+    new = {n for n, r in before.items() if re.fullmatch(r"continue-dpmpp_2m-8-k\d.*", n) and not r.scores}
+    assert new  # the RMSE front left some of them unjudged
+    counting = CountingField()
+    again = search_plans(counting, COSTS, judge=OracleJudge(counting), out_dir=folder, judge_also=[pattern], **SETTINGS)
+    judged = {r.name for r in again.results if r.scores and not before[r.name].scores}
+    assert judged == new
+    assert all(r.to_record() == before[r.name].to_record() for r in again.results if r.name not in new)
+    assert sum(b for _, b in counting.calls) == SETTINGS["n_judge"] * sum(sum(before[n].nfe) for n in new)
+    with pytest.raises(ValueError, match=r"judge_also: \['continue-\*-L99-\*'\] match\(es\) no candidate"):
+        search_plans(counting := CountingField(), COSTS, judge=OracleJudge(counting), out_dir=folder,
+                     judge_also=["continue-dpmpp_2m-8-k*", "continue-*-L99-*"], **SETTINGS)
+    assert not counting.calls
+
+
 def test_other_settings_in_the_same_folder_are_refused(searched):
     out, _ = searched
     before = (out / "search.json").read_text()

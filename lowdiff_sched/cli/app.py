@@ -414,6 +414,8 @@ def search(
     n_calib: int = typer.Option(32, help="Calibration seeds for the distance to the reference."),
     n_judge: int = typer.Option(500, help="Held-out seeds for the model's judge (FD, accuracy)."),
     judge_all: bool = typer.Option(False, help="Judge every candidate, not only each family's front by distance."),
+    judge_also: Optional[str] = typer.Option(None, help="Also judge the candidates whose names match these shell patterns, "
+                                             "comma-separated, e.g. 'continue-*-k?+5-L16+32-*'."),
     bootstrap: int = typer.Option(200, help="Bootstrap resamples for the judge's intervals (0: none)."),
     seed: int = typer.Option(0, help="First calibration seed; held-out seeds start at seed + 1,000,000."),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
@@ -480,7 +482,8 @@ def search(
         result = search_plans(
             cascade, costs, space=space, judge=judge, reference=reference_plan, n_calib=n_calib, n_judge=n_judge,
             seed=seed, budget_seconds=None if budget_minutes is None else budget_minutes * 60, batch_size=batch,
-            judge_all=judge_all, bootstrap=bootstrap, cost_unit=COST_KINDS[cost], out_dir=out, device=device,
+            judge_all=judge_all, judge_also=[p.strip() for p in judge_also.split(",") if p.strip()] if judge_also else (),
+            bootstrap=bootstrap, cost_unit=COST_KINDS[cost], out_dir=out, device=device,
             progress=lambda text: typer.echo(text, err=True), model=model,
         )
         if not result.results:
