@@ -81,6 +81,11 @@ def _lowdiff(stages: list[StagePlan], name: str) -> CascadePlan:
     return CascadePlan([stages[0], *(replace(s, transition=Condition()) for s in stages[1:])], name=name)
 
 
+def _dpmpp2m(nfe: int, model: str) -> CascadePlan:
+    """DPM++ 2M on `nfe` Karras steps over EDM's range, on the top level (MODEL-dpmpp2m-NFE)."""
+    return CascadePlan([StagePlan(-1, karras_sigmas(nfe, *EDM_RANGE), "dpmpp_2m")], name=f"{model}-dpmpp2m-{nfe}")
+
+
 def _edm_baseline(nfe: int, model: str = "mnist-base") -> CascadePlan:
     """EDM's Heun sampler on the top level with `nfe` evaluations (MODEL-NFE)."""
     return CascadePlan([_heun_full(nfe, EDM_RANGE, -1)], name=f"{model}-{nfe}")
@@ -148,11 +153,22 @@ _PRESETS = [
     Preset(
         "mnist-base-dpmpp2m-5", "the strongest single-resolution baseline on mnist-base found by `lowdiff-sched search` "
         "(docs/benchmarks.md): DPM++ 2M, 5 Karras steps over (0.002, 80), 5 NFE", (5,),
-        lambda: CascadePlan([StagePlan(-1, karras_sigmas(5, *EDM_RANGE), "dpmpp_2m")], name="mnist-base-dpmpp2m-5"),
+        partial(_dpmpp2m, 5, "mnist-base"),
     ),
     Preset(
         "emoji-base-35", "EDM's sampler on the shipped 64x64 emoji-base: 18 Heun steps, 35 NFE", (35,),
         partial(_edm_baseline, 35, "emoji-base"),
+    ),
+    Preset(
+        "emoji-fast", "the cascade on the shipped emoji-fast model (its top level is emoji-base): DPM++ 2M on 6 Karras "
+        "steps, the first 2 at 16x16 (sigmas / 4), the 3rd at 32x32 (sigmas / 2), the last 3 at 64x64, handed over "
+        "exactly (Continue) with the multistep history", (2, 1, 3),
+        lambda: _continue_split(karras_sigmas(6, *EDM_RANGE).double(), [2, 3], "dpmpp_2m", "emoji-fast"),
+    ),
+    Preset(
+        "emoji-base-dpmpp2m-5", "the strongest single-resolution baseline on emoji-base at emoji-fast's quality, found by "
+        "`lowdiff-sched search` (docs/benchmarks.md): DPM++ 2M, 5 Karras steps over (0.002, 80), 5 NFE", (5,),
+        partial(_dpmpp2m, 5, "emoji-base"),
     ),
     Preset(
         "imagenet256-dit-b1", "LowDiff LightningDiT-B/1, latent levels 8/16, Euler, shift 0.3", (45, 50),

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from lowdiff_sched.adapters.edm.stack import LevelStack
+from lowdiff_sched import presets
 from lowdiff_sched.cli.app import app
 from lowdiff_sched.evaluate import evaluate
 from lowdiff_sched.judges import EmojiJudge
@@ -81,3 +82,19 @@ def test_eval_emoji_base_reports_the_emoji_judge(tmp_path):
     report = json.loads(out.read_text())
     assert report["model"] == "emoji-base" and report["plan"] == "emoji-base-35" and report["n"] == 9
     assert {"fd", "kid", "swd", "swd64", "swd32", "swd16", "accuracy"} <= set(report)
+
+
+def test_emoji_fast_samples_with_its_preset_by_default(tmp_path):
+    """emoji-fast's default plan is the preset the plan search chose: DPM++ 2M's 6-step Karras
+    schedule, one trajectory cut after steps 2 and 3, each piece on its level's scale; `sample`
+    without --plan uses it."""
+    assert model_spec("emoji-fast").default_plan == "emoji-fast"
+    plan = presets.get("emoji-fast")
+    assert [s.level for s in plan.stages] == [-3, -2, -1] and plan.nfe() == [2, 1, 3]
+    pieces = [s.sigmas * f for s, f in zip(plan.stages, (4, 2, 1))]
+    whole = karras_sigmas(6, 0.002, 80.0).double()
+    assert torch.allclose(torch.cat([pieces[0], pieces[1][1:], pieces[2][1:]]), whole, rtol=1e-12, atol=0)
+    out = tmp_path / "s"
+    result = runner.invoke(app, ["sample", "--model", "emoji-fast", "--seeds", "0-1", "--class-labels", "0", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (out / "grid.png").is_file() and (out / "000001.png").is_file()

@@ -89,7 +89,8 @@ def test_preset_builds_validates_and_round_trips(name):
     assert back == plan
     for a, b in zip(plan.stages, back.stages):
         assert a.sigmas.dtype == b.sigmas.dtype and torch.equal(a.sigmas, b.sigmas)
-    hand_over = {"mnist-c2f": Renoise(), "mnist-continue": Continue(), "mnist-fast": Continue()}.get(name, Condition())  # the rest are LowDiff
+    hand_over = {"mnist-c2f": Renoise(), "mnist-continue": Continue(), "mnist-fast": Continue(),
+                 "emoji-fast": Continue()}.get(name, Condition())  # the rest are LowDiff
     for stage in plan.stages[1:]:
         assert stage.transition == hand_over
     # fresh objects each time

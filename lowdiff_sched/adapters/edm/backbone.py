@@ -160,8 +160,7 @@ class EDMBackbone(Backbone):
             return EmojiJudge()
 
         for name, plan, about in (
-            # emoji-fast's preset comes from the plan search on it (docs/benchmarks.md, 64x64 emoji): until then, --plan
-            ("emoji-fast", "",
+            ("emoji-fast", "emoji-fast",
              "a LevelStack on 64x64 emoji (Noto and Twemoji artwork): emoji-base, unchanged, on top and copies of it at "
              "16x16 and 32x32 distilled from emoji-base's own predictions for Continue hand-overs (shipped weights, 9 categories)"),
             ("emoji-base", "emoji-base-35",
