@@ -32,7 +32,7 @@ import torch
 
 from lowdiff_sched import presets
 from lowdiff_sched.cost import level_costs
-from lowdiff_sched.datasets import dataset
+from lowdiff_sched.datasets import load_emoji
 from lowdiff_sched.judges import EmojiJudge, EmojiReference, class_labels_of, paired_difference, score
 from lowdiff_sched.models import load_model, model_spec
 from lowdiff_sched.protocol import label_dim_of
@@ -120,8 +120,7 @@ def heldout_judge(judge: EmojiJudge) -> EmojiJudge:
     not the images nor the patch draws the plan search was judged against)."""
     if not isinstance(judge, EmojiJudge):
         raise SystemExit(f"--reference heldout is for the emoji models; this model's judge is {type(judge).__name__}")
-    data = dataset("emoji:heldout")
-    images = torch.stack([data[i][0] for i in range(len(data))])
+    images, _ = load_emoji("heldout")
     return EmojiJudge(judge.classifier, EmojiReference.of(judge.classifier, images, kid_count=len(images), seed=1))
 
 

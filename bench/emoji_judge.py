@@ -20,15 +20,9 @@ from pathlib import Path
 import torch
 
 from lowdiff_sched.classifier import EMOJI_CLASSIFIER_FILE, EmojiClassifier, fit_classifier, save_classifier
-from lowdiff_sched.datasets import dataset
+from lowdiff_sched.datasets import load_emoji
 from lowdiff_sched.judges import EMOJI_REFERENCE_FILE, EmojiJudge, EmojiReference, balanced_rows, score
 from lowdiff_sched.weights import HERE
-
-
-def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    data = dataset(f"emoji:{split}")
-    images, labels = zip(*(data[i] for i in range(len(data))))
-    return torch.stack(images), torch.tensor(labels)
 
 
 @torch.no_grad()
@@ -51,8 +45,8 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=HERE)
     args = parser.parse_args()
 
-    images, labels = load_split("train")
-    held, held_labels = load_split("heldout")
+    images, labels = load_emoji("train")
+    held, held_labels = load_emoji("heldout")
     model, seconds = fit_classifier(EmojiClassifier, images, labels, epochs=args.epochs, seed=args.seed,
                                     max_shift=4, fill=1.0, flip=True, balance=True)
     report: dict = {"epochs": args.epochs, "seconds": round(seconds, 1), **accuracies(model, held, held_labels)}

@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+from torch import Tensor
+
 from .mnist import MNIST
 
 if TYPE_CHECKING:
@@ -37,6 +40,13 @@ def emoji_split(split: str) -> ImageDataset:
         raise ValueError(f"the emoji dataset is not built: {str(path)!r} does not exist; run `lowdiff-sched data emoji "
                          f"--out {emoji_dir()}` (needs npm), or point ${EMOJI_DIR_VARIABLE} at the folder that holds it")
     return ImageDataset(path, cache=True)
+
+
+def load_emoji(split: str = "train") -> tuple[Tensor, Tensor]:
+    """A whole emoji split as tensors: images [N, 3, 64, 64] in [-1, 1] and class ids [N]."""
+    data = emoji_split(split)
+    images, labels = zip(*(data[i] for i in range(len(data))))
+    return torch.stack(images), torch.tensor(labels)
 
 
 def dataset(name: str) -> MNIST | ImageDataset:
